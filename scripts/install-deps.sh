@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Cairn needs to build, test and benchmark.
+# Idempotent: only missing packages are installed. Called by `make build/test/run`.
+set -euo pipefail
+
+BUILD_PKGS=(
+  build-essential cmake ninja-build pkg-config ccache
+  liburing-dev librocksdb-dev libboost-dev libboost-program-options-dev
+  libisal-dev libprotobuf-dev protobuf-compiler libssl-dev libzstd-dev
+  libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
+)
+TEST_PKGS=(
+  qemu-utils nbdkit libnbd-bin python3-libnbd fio python3 curl jq
+)
+
+missing=()
+for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
