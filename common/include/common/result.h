@@ -52,6 +52,7 @@ inline Status ok() { return boost::outcome_v2::success(); }
 template <>
 struct std::is_error_code_enum<cairn::Errc> : std::true_type {};
 
-// CAIRN_TRY(auto v, expr): unwrap a Result or return its error from this function.
+// CAIRN_TRY(v, expr): declare `auto&& v` = the value of Result `expr`, or return its error.
+// CAIRN_TRY(expr): for a Status, return its error. (Boost 1.74 spelling: no `auto` before v.)
 #define CAIRN_TRY(...) BOOST_OUTCOME_TRY(__VA_ARGS__)
 #define CAIRN_CO_TRY(...) BOOST_OUTCOME_CO_TRY(__VA_ARGS__)

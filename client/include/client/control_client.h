@@ -1,0 +1,79 @@
+// ControlClient: a synchronous client of blockd's control API (docs/CONTROL_API.md).
+//
+// Owned by its caller (the `cairn` CLI, tests). Not thread-safe: use one client per thread.
+// Keeps one keep-alive connection to the server and reconnects (retrying the request once)
+// when the server closed it while idle. Every call blocks for at most `timeout_ms` per
+// network step (resolve, connect, write, read).
+// A non-2xx answer becomes a ClientError carrying the server's code and message; transport
+// failures become a ClientError with http_status 0 and a message naming the URL.
+#pragma once
+
+#include <boost/outcome/basic_result.hpp>
+#include <boost/outcome/policy/terminate.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include "cairn/v1/volume.pb.h"
+#include "common/result.h"
+
+namespace cairn::client {
+
+struct ClientError {
+  std::error_code code;  // the server's code as an Errc, or the transport's errno
+  int http_status = 0;   // 0: no answer received
+  std::string message;   // one human line
+};
+
+// Like Result<T>, with the server's message kept beside the code.
+template <class T>
+using ClientResult =
+    boost::outcome_v2::basic_result<T, ClientError, boost::outcome_v2::policy::terminate>;
+
+struct HttpReply {
+  int status = 0;
+  std::string content_type;
+  std::string body;
+};
+
+// Maps an API error code ("not_found", ...) to its Errc; unknown codes fall back on the
+// HTTP status.
+std::error_code api_error_code(std::string_view code, int http_status);
+
+class ControlClient {
+ public:
+  struct Options {
+    std::chrono::milliseconds timeout_ms{30'000};
+  };
+
+  // base_url: http://host[:port] (IPv6 as http://[::1]:8080). An empty token sends no
+  // Authorization header.
+  ControlClient(std::string base_url, std::string token);
+  ControlClient(std::string base_url, std::string token, Options options);
+  ~ControlClient();
+  ControlClient(const ControlClient&) = delete;
+  ControlClient& operator=(const ControlClient&) = delete;
+
+  ClientResult<cairn::v1::Volume> create_volume(const std::string& name, uint64_t size_bytes);
+  ClientResult<cairn::v1::ListVolumesResponse> list_volumes();
+  ClientResult<cairn::v1::Volume> get_volume(const std::string& name);
+  ClientResult<cairn::v1::Volume> resize_volume(const std::string& name, uint64_t size_bytes);
+  ClientResult<void> delete_volume(const std::string& name, bool force = false);
+  ClientResult<cairn::v1::NodeStatus> status();
+
+  // One request as given (target = path and query). Answers of any status are values;
+  // only transport failures are errors. Sends the token unless with_token is false.
+  ClientResult<HttpReply> raw(std::string_view method, std::string_view target,
+                              std::string body = {}, bool with_token = true);
+
+  const std::string& base_url() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cairn::client
