@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -53,31 +54,59 @@ ApiError classify(const std::error_code& ec) {
     e = static_cast<Errc>(ec.value());
   } else if (ec.category() == std::system_category() || ec.category() == std::generic_category()) {
     switch (ec.value()) {
-      case EINVAL: e = Errc::invalid_argument; break;
-      case ENOENT: e = Errc::not_found; break;
-      case EEXIST: e = Errc::already_exists; break;
-      case ENOSPC: e = Errc::no_space; break;
-      case EBUSY: e = Errc::busy; break;
+      case EINVAL:
+        e = Errc::invalid_argument;
+        break;
+      case ENOENT:
+        e = Errc::not_found;
+        break;
+      case EEXIST:
+        e = Errc::already_exists;
+        break;
+      case ENOSPC:
+        e = Errc::no_space;
+        break;
+      case EBUSY:
+        e = Errc::busy;
+        break;
       case EFBIG:
-      case EOVERFLOW: e = Errc::too_large; break;
-      case ENOTSUP: e = Errc::unsupported; break;
-      default: e = Errc::io_error; break;
+      case EOVERFLOW:
+        e = Errc::too_large;
+        break;
+      case ENOTSUP:
+        e = Errc::unsupported;
+        break;
+      default:
+        e = Errc::io_error;
+        break;
     }
   }
   switch (e) {
-    case Errc::invalid_argument: return {http::status::bad_request, "invalid_argument"};
-    case Errc::out_of_range: return {http::status::bad_request, "out_of_range"};
-    case Errc::not_found: return {http::status::not_found, "not_found"};
-    case Errc::already_exists: return {http::status::conflict, "already_exists"};
-    case Errc::busy: return {http::status::conflict, "busy"};
-    case Errc::no_space: return {http::status::insufficient_storage, "no_space"};
-    case Errc::too_large: return {http::status::payload_too_large, "too_large"};
-    case Errc::unsupported: return {http::status::not_implemented, "unsupported"};
-    case Errc::permission_denied: return {http::status::forbidden, "permission_denied"};
-    case Errc::unavailable: return {http::status::service_unavailable, "unavailable"};
-    case Errc::corrupt: return {http::status::internal_server_error, "corrupt"};
+    case Errc::invalid_argument:
+      return {http::status::bad_request, "invalid_argument"};
+    case Errc::out_of_range:
+      return {http::status::bad_request, "out_of_range"};
+    case Errc::not_found:
+      return {http::status::not_found, "not_found"};
+    case Errc::already_exists:
+      return {http::status::conflict, "already_exists"};
+    case Errc::busy:
+      return {http::status::conflict, "busy"};
+    case Errc::no_space:
+      return {http::status::insufficient_storage, "no_space"};
+    case Errc::too_large:
+      return {http::status::payload_too_large, "too_large"};
+    case Errc::unsupported:
+      return {http::status::not_implemented, "unsupported"};
+    case Errc::permission_denied:
+      return {http::status::forbidden, "permission_denied"};
+    case Errc::unavailable:
+      return {http::status::service_unavailable, "unavailable"};
+    case Errc::corrupt:
+      return {http::status::internal_server_error, "corrupt"};
     case Errc::ok:
-    case Errc::io_error: break;
+    case Errc::io_error:
+      break;
   }
   return {http::status::internal_server_error, "io_error"};
 }
@@ -128,8 +157,9 @@ std::optional<Reply> parse_body(const std::string& body, M& msg) {
   opts.ignore_unknown_fields = false;
   auto st = google::protobuf::util::JsonStringToMessage(body, &msg, opts);
   if (!st.ok()) {
-    return error_reply(http::status::bad_request, "invalid_argument",
-                       "malformed JSON body: " + st.ToString());
+    return error_reply(
+        http::status::bad_request, "invalid_argument",
+        "malformed JSON body: " + std::string(st.message().data(), st.message().size()));
   }
   return std::nullopt;
 }
@@ -192,7 +222,7 @@ cairn::v1::Volume to_proto(const VolumeInfo& v) {
   return out;
 }
 
-std::string quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
+std::string in_quotes(std::string_view s) { return "\"" + std::string(s) + "\""; }
 
 }  // namespace
 
@@ -279,7 +309,8 @@ class ControlApi::Impl {
     try {
       for (;;) {
         beast::error_code ec;
-        tcp::socket socket = co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+        tcp::socket socket =
+            co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
         if (stopping_ || !acceptor_.is_open()) co_return;
         if (ec) {
           CAIRN_LOG_WARN(kLog, "accept: %s", ec.message().c_str());
@@ -350,19 +381,27 @@ class ControlApi::Impl {
         if (is_disconnect(ec)) co_return;
         Reply r;
         if (ec == http::error::body_limit) {
-          r = error_reply(http::status::payload_too_large, "too_large",
-                          "request body exceeds " + std::to_string(options_.body_max_bytes) +
-                              " bytes");
+          r = error_reply(
+              http::status::payload_too_large, "too_large",
+              "request body exceeds " + std::to_string(options_.body_max_bytes) + " bytes");
         } else if (ec == http::error::header_limit) {
-          r = error_reply(http::status::request_header_fields_too_large, "too_large",
-                          "request header exceeds " + std::to_string(options_.header_max_bytes) +
-                              " bytes");
+          r = error_reply(
+              http::status::request_header_fields_too_large, "too_large",
+              "request header exceeds " + std::to_string(options_.header_max_bytes) + " bytes");
         } else {
           r = error_reply(http::status::bad_request, "invalid_argument",
                           "malformed HTTP request: " + ec.message());
         }
         r.close = true;
-        count_and_log("-", "-", r);
+        if (parser.is_header_done()) {
+          count_and_log(std::string(to_std(parser.get().method_string())),
+                        std::string(to_std(parser.get().target())), r);
+        } else {
+          beast::error_code peer_ec;
+          auto peer = stream.socket().remote_endpoint(peer_ec);
+          count_and_log("unparsable request from",
+                        peer_ec ? std::string("?") : peer.address().to_string(), r);
+        }
         co_await send(stream, make_response(r, 11, false));
         co_await linger_close(stream);
         co_return;
@@ -372,10 +411,12 @@ class ControlApi::Impl {
       auto started = std::chrono::steady_clock::now();
       Reply r = handle(req);
       auto took_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                         std::chrono::steady_clock::now() - started).count();
+                         std::chrono::steady_clock::now() - started)
+                         .count();
       bool keep_alive = req.keep_alive() && !r.close && !stopping_;
       count_and_log(std::string(req.method_string()), std::string(req.target()), r, took_us);
-      if (!co_await send(stream, make_response(r, req.version(), keep_alive))) co_return;
+      bool sent = co_await send(stream, make_response(r, req.version(), keep_alive));
+      if (!sent) co_return;
       if (!keep_alive) {
         beast::error_code ignored;
         stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
@@ -425,8 +466,9 @@ class ControlApi::Impl {
   void count_and_log(const std::string& method, const std::string& target, const Reply& r,
                      int64_t took_us = 0) {
     unsigned code = static_cast<unsigned>(r.status);
-    metrics_.counter("cairn_http_requests_total", {{"code", std::to_string(code)}},
-                     "Control API requests answered, by HTTP status")
+    metrics_
+        .counter("cairn_http_requests_total", {{"code", std::to_string(code)}},
+                 "Control API requests answered, by HTTP status")
         .inc();
     if (code >= 400) {
       CAIRN_LOG_WARN(kLog, "%s %s -> %u: %s", method.c_str(), target.c_str(), code,
@@ -439,9 +481,10 @@ class ControlApi::Impl {
 
   bool authorized(const Request& req) const {
     if (token_.empty()) return false;
-    std::string_view header = req[http::field::authorization];
+    std::string_view header = to_std(req[http::field::authorization]);
     constexpr std::string_view kBearer = "Bearer ";
-    if (header.size() <= kBearer.size() || !beast::iequals(header.substr(0, kBearer.size()), kBearer))
+    if (header.size() <= kBearer.size() ||
+        !beast::iequals(to_beast(header.substr(0, kBearer.size())), to_beast(kBearer)))
       return false;
     std::string_view presented = header.substr(kBearer.size());
     // Comparing digests keeps the comparison constant-time in the token's length too.
@@ -451,10 +494,11 @@ class ControlApi::Impl {
   }
 
   Reply handle(const Request& req) {
-    std::string_view target = req.target();
+    std::string_view target = to_std(req.target());
     size_t q = target.find('?');
     std::string_view path = target.substr(0, q);
-    std::string_view query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
+    std::string_view query =
+        q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
     auto method = req.method();
 
     if (path == "/healthz") {
@@ -469,7 +513,7 @@ class ControlApi::Impl {
       return metrics();
     }
     if (path != "/v1" && path.substr(0, 4) != "/v1/")
-      return error_reply(http::status::not_found, "not_found", "no such path " + quoted(path));
+      return error_reply(http::status::not_found, "not_found", "no such path " + in_quotes(path));
     if (!authorized(req)) {
       return error_reply(http::status::unauthorized, "unauthenticated",
                          "missing or invalid bearer token");
@@ -480,7 +524,7 @@ class ControlApi::Impl {
     for (auto s : raw_segments) {
       auto decoded = percent_decode(s);
       if (!decoded || decoded->empty())
-        return error_reply(http::status::not_found, "not_found", "no such path " + quoted(path));
+        return error_reply(http::status::not_found, "not_found", "no such path " + in_quotes(path));
       seg.push_back(std::move(*decoded));
     }
     // seg[0] == "v1"
@@ -504,12 +548,13 @@ class ControlApi::Impl {
         return resize_volume(seg[2], req.body());
       }
     }
-    return error_reply(http::status::not_found, "not_found", "no such path " + quoted(path));
+    return error_reply(http::status::not_found, "not_found", "no such path " + in_quotes(path));
   }
 
   Reply metrics() {
     StoreStats st = store_.stats();
-    metrics_.gauge("cairn_volumes", {}, "Volumes on this node").set(static_cast<int64_t>(st.volumes));
+    metrics_.gauge("cairn_volumes", {}, "Volumes on this node")
+        .set(static_cast<int64_t>(st.volumes));
     metrics_.gauge("cairn_capacity_bytes", {}, "Capacity of the node's data file")
         .set(static_cast<int64_t>(st.capacity_bytes));
     metrics_.gauge("cairn_used_bytes", {}, "Bytes of the data file held by extents")
@@ -532,7 +577,10 @@ class ControlApi::Impl {
 
   Reply list_volumes() {
     cairn::v1::ListVolumesResponse out;
-    for (const VolumeInfo& v : store_.list_volumes()) *out.add_volumes() = to_proto(v);
+    std::vector<VolumeInfo> volumes = store_.list_volumes();
+    std::sort(volumes.begin(), volumes.end(),
+              [](const VolumeInfo& a, const VolumeInfo& b) { return a.name < b.name; });
+    for (const VolumeInfo& v : volumes) *out.add_volumes() = to_proto(v);
     return json_reply(http::status::ok, out);
   }
 
@@ -541,8 +589,8 @@ class ControlApi::Impl {
     if (auto bad = parse_body(body, req)) return *bad;
     if (!valid_volume_name(req.name())) {
       return error_reply(http::status::bad_request, "invalid_argument",
-                         "invalid volume name " + quoted(req.name()) +
-                             ": use 1-" + std::to_string(kVolumeNameMaxBytes) +
+                         "invalid volume name " + in_quotes(req.name()) + ": use 1-" +
+                             std::to_string(kVolumeNameMaxBytes) +
                              " characters [A-Za-z0-9._-], starting with a letter or digit");
     }
     if (req.size_bytes() == 0) {
@@ -551,8 +599,8 @@ class ControlApi::Impl {
     }
     auto v = store_.create_volume(req.name(), req.size_bytes());
     if (!v) {
-      return error_reply(v.error(), "create volume " + quoted(req.name()) + ": " +
-                                        v.error().message());
+      return error_reply(v.error(),
+                         "create volume " + in_quotes(req.name()) + ": " + v.error().message());
     }
     CAIRN_LOG_INFO(kLog, "created volume %s (%llu bytes)", req.name().c_str(),
                    static_cast<unsigned long long>(req.size_bytes()));
@@ -561,7 +609,7 @@ class ControlApi::Impl {
 
   Reply get_volume(const std::string& name) {
     auto v = store_.get_volume(name);
-    if (!v) return error_reply(v.error(), "volume " + quoted(name) + ": " + v.error().message());
+    if (!v) return error_reply(v.error(), "volume " + in_quotes(name) + ": " + v.error().message());
     return json_reply(http::status::ok, to_proto(v.value()));
   }
 
@@ -574,7 +622,8 @@ class ControlApi::Impl {
     }
     auto v = store_.resize_volume(name, req.size_bytes());
     if (!v) {
-      return error_reply(v.error(), "resize volume " + quoted(name) + ": " + v.error().message());
+      return error_reply(v.error(),
+                         "resize volume " + in_quotes(name) + ": " + v.error().message());
     }
     CAIRN_LOG_INFO(kLog, "resized volume %s to %llu bytes", name.c_str(),
                    static_cast<unsigned long long>(req.size_bytes()));
@@ -589,14 +638,17 @@ class ControlApi::Impl {
       std::string_view key = kv.substr(0, eq);
       std::string_view value = eq == std::string_view::npos ? "true" : kv.substr(eq + 1);
       if (key != "force") continue;
-      if (value == "true" || value == "1") force = true;
-      else if (value == "false" || value == "0") force = false;
-      else return error_reply(http::status::bad_request, "invalid_argument",
-                              "force must be true or false");
+      if (value == "true" || value == "1")
+        force = true;
+      else if (value == "false" || value == "0")
+        force = false;
+      else
+        return error_reply(http::status::bad_request, "invalid_argument",
+                           "force must be true or false");
     }
     auto st = store_.delete_volume(name, force);
     if (!st) {
-      std::string msg = "delete volume " + quoted(name) + ": " + st.error().message();
+      std::string msg = "delete volume " + in_quotes(name) + ": " + st.error().message();
       if (st.error() == Errc::busy) msg += " (attached; use force to delete anyway)";
       return error_reply(st.error(), std::move(msg));
     }
@@ -634,7 +686,9 @@ ControlApi::ControlApi(VolumeStore& store, std::string admin_token, StatusFn sta
 
 ControlApi::~ControlApi() = default;
 
-Status ControlApi::start(const std::string& host, uint16_t port) { return impl_->start(host, port); }
+Status ControlApi::start(const std::string& host, uint16_t port) {
+  return impl_->start(host, port);
+}
 void ControlApi::stop() { impl_->stop(); }
 uint16_t ControlApi::port() const { return impl_->port(); }
 

@@ -122,7 +122,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Connection(NbdServer::Impl& srv, Reactor& r, int fd) : srv_(srv), r_(r), fd_(fd) {}
 
   static Task<void> run(std::shared_ptr<Connection> self) {
-    if (co_await self->handshake()) co_await self->transmission();
+    if (bool ok = co_await self->handshake(); ok) co_await self->transmission();
     co_await self->drain();
     self->srv_.unregister_fd(self->fd_);
     ::close(self->fd_);
@@ -162,7 +162,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     uint8_t scratch[4096];
     while (n > 0) {
       size_t k = static_cast<size_t>(std::min<uint64_t>(n, sizeof(scratch)));
-      if (!co_await read_exact(scratch, k)) co_return false;
+      if (bool ok = co_await read_exact(scratch, k); !ok) co_return false;
       n -= k;
     }
     co_return true;
@@ -214,7 +214,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     append_be16(ex, kInfoExport);
     append_be64(ex, info.size_bytes);
     append_be16(ex, transmission_flags(false, structured_));
-    if (!co_await opt_reply(opt, kRepInfo, ex)) co_return false;
+    if (bool ok = co_await opt_reply(opt, kRepInfo, ex); !ok) co_return false;
     for (uint16_t item : requested) {
       std::string s;
       if (item == kInfoName) {
@@ -226,14 +226,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
       } else {
         continue;
       }
-      if (!co_await opt_reply(opt, kRepInfo, s)) co_return false;
+      if (bool ok = co_await opt_reply(opt, kRepInfo, s); !ok) co_return false;
     }
     std::string bs;  // block sizes are always sent; clients that asked honour them
     append_be16(bs, kInfoBlockSize);
     append_be32(bs, kBlockSizeMinBytes);
     append_be32(bs, kBlockSizePreferredBytes);
     append_be32(bs, kPayloadMaxBytes);
-    if (!co_await opt_reply(opt, kRepInfo, bs)) co_return false;
+    if (bool ok = co_await opt_reply(opt, kRepInfo, bs); !ok) co_return false;
     co_return co_await opt_reply(opt, kRepAck);
   }
 
@@ -259,7 +259,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       VolumeInfo now = info.value();
       now.size_bytes = volume_->size_bytes();
       if (meta_export_ != name) base_allocation_ = false;
-      if (!co_await send_export_info(opt, now, requested)) co_return false;
+      if (bool ok = co_await send_export_info(opt, now, requested); !ok) co_return false;
       *entered = true;
       co_return true;
     }
@@ -309,7 +309,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       std::string s;
       append_be32(s, opt == kOptSetMetaContext ? kBaseAllocationContextId : 0);
       s.append("base:allocation");
-      if (!co_await opt_reply(opt, kRepMetaContext, s)) co_return false;
+      if (bool ok = co_await opt_reply(opt, kRepMetaContext, s); !ok) co_return false;
     }
     co_return co_await opt_reply(opt, kRepAck);
   }
@@ -320,9 +320,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     put_be64(hello, kMagicNbd);
     put_be64(hello + 8, kMagicOpt);
     put_be16(hello + 16, kFlagFixedNewstyle | kFlagNoZeroes);
-    if (!co_await send_all(hello, sizeof(hello))) co_return false;
+    if (bool ok = co_await send_all(hello, sizeof(hello)); !ok) co_return false;
     uint8_t cf[4];
-    if (!co_await read_exact(cf, 4)) co_return false;
+    if (bool ok = co_await read_exact(cf, 4); !ok) co_return false;
     uint32_t client_flags = get_be32(cf);
     if ((client_flags & ~(kClientFlagFixedNewstyle | kClientFlagNoZeroes)) != 0) {
       CAIRN_LOG_DEBUG(kLog, "unknown client flags 0x%x: closing", client_flags);
@@ -332,7 +332,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
     for (unsigned count = 0; count < kOptionsMax; ++count) {
       uint8_t oh[16];
-      if (!co_await read_exact(oh, sizeof(oh))) co_return false;
+      if (bool ok = co_await read_exact(oh, sizeof(oh)); !ok) co_return false;
       if (get_be64(oh) != kMagicOpt) {
         CAIRN_LOG_DEBUG(kLog, "bad option magic: closing");
         co_return false;
@@ -344,10 +344,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
         co_return false;
       }
       std::string data(len, '\0');
-      if (len > 0 && !co_await read_exact(data.data(), len)) co_return false;
+      bool got = len == 0 || co_await read_exact(data.data(), len);
+      if (!got) co_return false;
       if (srv_.stopping.load()) {
         if (opt == kOptAbort) co_return false;
-        if (!co_await opt_reply(opt, kRepErrShutdown, "server is shutting down")) co_return false;
+        if (bool ok = co_await opt_reply(opt, kRepErrShutdown, "server is shutting down"); !ok) co_return false;
         continue;
       }
 
@@ -370,44 +371,44 @@ class Connection : public std::enable_shared_from_this<Connection> {
           co_return false;
         case kOptList: {
           if (len != 0) {
-            if (!co_await opt_reply(opt, kRepErrInvalid, "LIST takes no data")) co_return false;
+            if (bool ok = co_await opt_reply(opt, kRepErrInvalid, "LIST takes no data"); !ok) co_return false;
             break;
           }
           for (const auto& v : srv_.store.list_volumes()) {
             std::string s;
             append_be32(s, static_cast<uint32_t>(v.name.size()));
             s.append(v.name);
-            if (!co_await opt_reply(opt, kRepServer, s)) co_return false;
+            if (bool ok = co_await opt_reply(opt, kRepServer, s); !ok) co_return false;
           }
-          if (!co_await opt_reply(opt, kRepAck)) co_return false;
+          if (bool ok = co_await opt_reply(opt, kRepAck); !ok) co_return false;
           break;
         }
         case kOptStartTls:
-          if (!co_await opt_reply(opt, kRepErrPolicy, "TLS is not configured on this listener"))
+          if (bool ok = co_await opt_reply(opt, kRepErrPolicy, "TLS is not configured on this listener"); !ok)
             co_return false;
           break;
         case kOptInfo:
         case kOptGo: {
           bool entered = false;
-          if (!co_await handle_info_or_go(opt, data, &entered)) co_return false;
+          if (bool ok = co_await handle_info_or_go(opt, data, &entered); !ok) co_return false;
           if (entered) co_return true;
           break;
         }
         case kOptStructuredReply:
           if (len != 0) {
-            if (!co_await opt_reply(opt, kRepErrInvalid, "STRUCTURED_REPLY takes no data"))
+            if (bool ok = co_await opt_reply(opt, kRepErrInvalid, "STRUCTURED_REPLY takes no data"); !ok)
               co_return false;
             break;
           }
           structured_ = true;
-          if (!co_await opt_reply(opt, kRepAck)) co_return false;
+          if (bool ok = co_await opt_reply(opt, kRepAck); !ok) co_return false;
           break;
         case kOptListMetaContext:
         case kOptSetMetaContext:
-          if (!co_await handle_meta_context(opt, data)) co_return false;
+          if (bool ok = co_await handle_meta_context(opt, data); !ok) co_return false;
           break;
         default:
-          if (!co_await opt_reply(opt, kRepErrUnsup, "unsupported option")) co_return false;
+          if (bool ok = co_await opt_reply(opt, kRepErrUnsup, "unsupported option"); !ok) co_return false;
           break;
       }
     }
@@ -446,7 +447,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Task<void> transmission() {
     uint8_t hb[kRequestHeaderBytes];
     while (!dead_) {
-      if (!co_await read_exact(hb, sizeof(hb))) break;
+      if (bool ok = co_await read_exact(hb, sizeof(hb)); !ok) break;
       Request req = parse_request(hb);
       if (req.magic != kMagicRequest) {
         CAIRN_LOG_DEBUG(kLog, "bad request magic: closing");
@@ -457,14 +458,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
       AlignedBuf payload;
       if (req.type == kCmdWrite) {
         if (err != 0) {
-          if (!co_await skip(req.length)) break;
+          if (bool ok = co_await skip(req.length); !ok) break;
         } else {
           payload = alloc_aligned(req.length);
           if (!payload) {
-            if (!co_await skip(req.length)) break;
+            if (bool ok = co_await skip(req.length); !ok) break;
             err = kENoMem;
-          } else if (req.length > 0 && !co_await read_exact(payload.get(), req.length)) {
-            break;
+          } else {
+            bool got = req.length == 0 || co_await read_exact(payload.get(), req.length);
+            if (!got) break;
           }
         }
       }
@@ -726,6 +728,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::coroutine_handle<> idle_waiter_;
 };
 
+void start_connection(NbdServer::Impl& impl, Reactor& r, int fd) {
+  auto conn = std::make_shared<Connection>(impl, r, fd);
+  spawn(Connection::run(std::move(conn)));
+}
+
 Result<int> listen_tcp(const std::string& host, uint16_t port) {
   int fd = ::socket(host.find(':') != std::string::npos ? AF_INET6 : AF_INET,
                     SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -811,8 +818,7 @@ Task<void> NbdServer::Impl::accept_loop(int lfd, bool tcp) {
     Reactor* target = reactors[next_reactor.fetch_add(1) % reactors.size()].get();
     Impl* impl = this;
     target->post([impl, target, fd] {
-      auto conn = std::make_shared<Connection>(*impl, *target, fd);
-      spawn(Connection::run(std::move(conn)));
+      start_connection(*impl, *target, fd);
     });
   }
 }

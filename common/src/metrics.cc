@@ -7,10 +7,14 @@ namespace {
 
 void append_escaped(std::string& out, std::string_view value, bool is_help) {
   for (char c : value) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '\n') out += "\\n";
-    else if (c == '"' && !is_help) out += "\\\"";
-    else out.push_back(c);
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '"' && !is_help)
+      out += "\\\"";
+    else
+      out.push_back(c);
   }
 }
 
@@ -90,7 +94,8 @@ std::string MetricsRegistry::render() const {
       out.push_back('\n');
     }
     out += "# TYPE " + name + (f.kind == Kind::counter ? " counter\n" : " gauge\n");
-    for (const auto& [key, c] : f.counters) append_series(out, name, key, std::to_string(c->value()));
+    for (const auto& [key, c] : f.counters)
+      append_series(out, name, key, std::to_string(c->value()));
     for (const auto& [key, g] : f.gauges) append_series(out, name, key, std::to_string(g->value()));
   }
   return out;

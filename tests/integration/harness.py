@@ -117,6 +117,23 @@ def run(cmd, timeout=120, check=True, input=None, env=None, cwd=None, quiet=Fals
     return p
 
 
+def _die_with_parent():
+    """preexec_fn: the child gets SIGKILL if the test process dies (e.g. a CTest
+    timeout), so no daemon outlives its test."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def spawn(cmd, log_path, env=None):
+    """Starts a daemon with stdout and stderr appended to log_path."""
+    logf = open(log_path, "ab")
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
+                                preexec_fn=_die_with_parent)
+    finally:
+        logf.close()
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -245,6 +262,7 @@ class Server:
     expect_features = {}
     has_control_api = False
     has_fault_points = False
+    write_beyond_end_errnos = (28,)  # ENOSPC, as the spec says
 
     def __init__(self, label="server"):
         self.label = label
@@ -337,12 +355,7 @@ class Blockd(Server):
             lf.write(f"===== start #{self.starts}: {shlex.join(cmd)} "
                      f"env+={ {**self.env, **(env or {})} }\n")
             start_offset = lf.tell()
-        logf = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                         env=full_env)
-        finally:
-            logf.close()
+        self.proc = spawn(cmd, self.log_path, full_env)
         log(f"[{self.label}] started blockd pid={self.proc.pid} (start #{self.starts})")
         line = self._wait_ready(start_offset)
         self.endpoints = dict(re.findall(r"(\w+)=(\S+)", line.split("blockd ready", 1)[1]))
@@ -503,10 +516,6 @@ class Blockd(Server):
                                  f"HTTP {status} {body}")
         return body
 
-    def delete_volume(self, name, force=True):
-        path = f"/v1/volumes/{name}" + ("?force=true" if force else "")
-        return self.http("DELETE", path)
-
 
 class Nbdkit(Server):
     """nbdkit file plugin over a directory: one file = one export. Two processes (unix
@@ -538,11 +547,7 @@ class Nbdkit(Server):
                "--filter=blocksize-policy", "file", f"dir={self.vol_dir}",
                "blocksize-minimum=512", "blocksize-preferred=4096",
                "blocksize-maximum=32M", "blocksize-error-policy=error"]
-        logf = open(self.log_path, "ab")
-        try:
-            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
-        finally:
-            logf.close()
+        p = spawn(cmd, self.log_path)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not os.path.exists(pidfile):
             if p.poll() is not None or time.monotonic() > deadline:
@@ -629,6 +634,8 @@ class QemuNbd(Server):
     expect_features = dict(Blockd.expect_features, block_size_minimum=1)
     min_block = 1
     max_block = 32 * MiB
+    # qemu-nbd 7.2 answers writes beyond the end with EINVAL (the spec says SHOULD ENOSPC)
+    write_beyond_end_errnos = (28, 22)
 
     def __init__(self, label="qemu-nbd", **_):
         super().__init__(label)
@@ -659,11 +666,7 @@ class QemuNbd(Server):
                f"driver=raw,file.driver=file,file.filename={path},file.locking=off",
                "-x", name, "-t", "-e", "0", "--cache=writeback", "--discard=unmap",
                "--pid-file", pidfile, *listen_args]
-        logf = open(self.log_path, "ab")
-        try:
-            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
-        finally:
-            logf.close()
+        p = spawn(cmd, self.log_path)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not os.path.exists(pidfile):
             if p.poll() is not None or time.monotonic() > deadline:

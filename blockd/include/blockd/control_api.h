@@ -1,7 +1,7 @@
 // ControlApi: blockd's HTTP/1.1 control API (volumes, node status, /metrics, /healthz).
 //
-// Created by the daemon after the VolumeStore, which it must not outlive the API: stop()
-// (or the destructor) returns only when no request is running any more. The API owns one
+// Created by the daemon after the VolumeStore, which must outlive it; stop() (or the
+// destructor) returns only when no request is running any more. The API owns one
 // io_context and the one thread that runs it; every request, including its synchronous
 // VolumeStore calls and the status callback, runs on that thread. start() and stop() are
 // called by the owner from one thread; port() from any thread.
@@ -46,8 +46,9 @@ class ControlApi {
   ControlApi(const ControlApi&) = delete;
   ControlApi& operator=(const ControlApi&) = delete;
 
-  // Binds host:port (port 0 = ephemeral) and starts serving on the API's thread. Fails
-  // with the bind/listen errno, or invalid_argument when already started.
+  // Binds host:port (port 0 = ephemeral) and starts serving on the API's thread. Call at
+  // most once. Fails with the bind/listen errno, or invalid_argument when already started
+  // or when host does not resolve.
   Status start(const std::string& host, uint16_t port);
   // Closes the listener and every connection, then joins the thread. Idempotent.
   void stop();

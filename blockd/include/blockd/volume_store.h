@@ -88,6 +88,9 @@ class VolumeStore {
     std::string data_dir;           // holds meta/ (RocksDB) and data.img
     uint64_t capacity_bytes = 0;    // data file limit; 0 = free space of the filesystem
     bool direct_io = true;          // O_DIRECT where the filesystem allows it
+    // Period of the background round that recycles freed extents; 0 = only on demand (when
+    // an allocating write finds no free extent). Tests use 0 for determinism.
+    uint32_t maintenance_interval_ms = 200;
   };
 
   // Opens (creating if empty) the store; recovers after a crash. `device` replaces the data

@@ -5,7 +5,10 @@
 // instead of the Boost ones. Coroutine support (co_await with use_awaitable) requires C++20.
 #pragma once
 
+// clang-format off: <utility> must precede the Boost headers.
+#include <string_view>
 #include <utility>
+// clang-format on
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -23,4 +26,8 @@ namespace cairn {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = boost::beast::http;
+
+// Beast 1.74 speaks boost::string_view; these convert at the boundary.
+inline std::string_view to_std(beast::string_view s) noexcept { return {s.data(), s.size()}; }
+inline beast::string_view to_beast(std::string_view s) noexcept { return {s.data(), s.size()}; }
 }  // namespace cairn

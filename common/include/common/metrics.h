@@ -53,8 +53,7 @@ class MetricsRegistry {
   // other kind (counter vs gauge) is a bug and asserts.
   Counter& counter(std::string_view name, const MetricLabels& labels = {},
                    std::string_view help = {});
-  Gauge& gauge(std::string_view name, const MetricLabels& labels = {},
-               std::string_view help = {});
+  Gauge& gauge(std::string_view name, const MetricLabels& labels = {}, std::string_view help = {});
 
   // Prometheus text exposition format 0.0.4, families sorted by name.
   std::string render() const;

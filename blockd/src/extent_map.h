@@ -1,0 +1,91 @@
+// ExtentMap: the live map of one volume's logical extents to physical extents, and the
+// RocksDB encoding of its records (docs/FORMAT-blockd.md).
+//
+// Owned by the volume's state inside the store; loaded from RocksDB at open and kept in step
+// with it: every change is written to RocksDB by the owner while it still holds the lock that
+// guards the map, so the in-memory map is the source of truth and RocksDB follows it in
+// order. Not thread-safe: the owner serializes access (the volume's map mutex).
+// Invariants: a record's written bitmap is never 0 (an extent with no written block is
+// unmapped instead); written_blocks() == sum of popcount(written) over all records.
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "blockd/volume_store.h"
+#include "common/result.h"
+
+namespace cairn::blockd {
+
+constexpr uint32_t kBlocksPerExtent = kExtentSizeBytes / kBlockSizeBytes;  // 16
+using BlockBitmap = uint16_t;  // bit i: 4 KiB block i of the extent was written
+static_assert(kBlocksPerExtent == 16, "the written bitmap is 16 bits");
+
+struct ExtentRecord {
+  uint64_t phys_extent = 0;  // index of the 64 KiB physical extent in the data file
+  BlockBitmap written = 0;
+  uint64_t birth_seq = 0;  // volume sequence the extent was last written in (snapshots)
+  bool operator==(const ExtentRecord&) const = default;
+};
+
+constexpr size_t kExtentKeyBytes = 17;     // 'e' + volume id (8) + logical extent (8)
+constexpr size_t kExtentRecordBytes = 18;  // phys (8) + bitmap (2) + birth_seq (8)
+constexpr char kExtentKeyTag = 'e';
+
+inline void put_be64(uint8_t* p, uint64_t v) {
+  for (int i = 7; i >= 0; --i) {
+    p[i] = static_cast<uint8_t>(v);
+    v >>= 8;
+  }
+}
+inline uint64_t get_be64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
+  return v;
+}
+
+std::string extent_key(uint64_t volume_id, uint64_t logical_extent);
+std::string extent_key_prefix(uint64_t volume_id);  // every key of the volume starts so
+// False when `key` is not an extent key.
+bool parse_extent_key(std::string_view key, uint64_t* volume_id, uint64_t* logical_extent);
+std::string encode_extent_record(const ExtentRecord& rec);
+Result<ExtentRecord> decode_extent_record(std::string_view value);
+
+// Bits of blocks [first_block, end_block) of one extent.
+inline BlockBitmap block_mask(uint32_t first_block, uint32_t end_block) {
+  if (end_block <= first_block) return 0;
+  uint32_t ones = (1u << (end_block - first_block)) - 1u;
+  return static_cast<BlockBitmap>(ones << first_block);
+}
+inline uint32_t block_count(BlockBitmap b) { return static_cast<uint32_t>(std::popcount(b)); }
+
+class ExtentMap {
+ public:
+  using Records = std::map<uint64_t, ExtentRecord>;
+
+  const ExtentRecord* find(uint64_t logical_extent) const;
+  // The first record at or after `logical_extent`, or end().
+  Records::const_iterator lower_bound(uint64_t logical_extent) const {
+    return map_.lower_bound(logical_extent);
+  }
+  Records::const_iterator end() const { return map_.end(); }
+  // Inserts or replaces; rec.written must not be 0.
+  void put(uint64_t logical_extent, const ExtentRecord& rec);
+  std::optional<ExtentRecord> erase(uint64_t logical_extent);
+  // Empties the map and returns what it held.
+  Records take_all();
+
+  size_t mapped_extents() const { return map_.size(); }
+  uint64_t written_blocks() const { return written_blocks_; }
+  const Records& records() const { return map_; }
+
+ private:
+  Records map_;
+  uint64_t written_blocks_ = 0;
+};
+
+}  // namespace cairn::blockd

@@ -1,0 +1,266 @@
+#include "cli.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <sys/stat.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include "common/size.h"
+
+namespace cairn::client {
+namespace {
+
+namespace outcome = boost::outcome_v2;
+
+ClientError cli_error(std::error_code code, std::string message) {
+  return ClientError{code, 0, std::move(message)};
+}
+
+ClientResult<std::string> read_token_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return outcome::failure(
+        cli_error(errno_code(errno ? errno : ENOENT),
+                  "cannot read token file " + path + ": " + std::strerror(errno ? errno : ENOENT)));
+  }
+  std::string token;
+  in >> token;  // the file holds one hex token, maybe followed by a newline
+  if (token.empty()) {
+    return outcome::failure(cli_error(Errc::invalid_argument, "token file " + path + " is empty"));
+  }
+  return token;
+}
+
+std::string bytes_with_exact(uint64_t bytes) {
+  std::string human = format_size_bytes(bytes);
+  if (bytes < 1024) return human;
+  return human + " (" + std::to_string(bytes) + " bytes)";
+}
+
+std::string format_unix_time(int64_t t) {
+  if (t <= 0) return "-";
+  time_t tt = static_cast<time_t>(t);
+  tm utc{};
+  gmtime_r(&tt, &utc);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return buf;
+}
+
+std::string or_dash(const std::string& s) { return s.empty() ? "-" : s; }
+
+const CLI::Validator kSizeValidator(
+    [](std::string& text) -> std::string {
+      if (parse_size_bytes(text)) return {};
+      return "invalid size \"" + text + "\" (examples: 10G, 512MiB, 4096)";
+    },
+    "SIZE", "size");
+
+}  // namespace
+
+ClientResult<std::string> resolve_token(const std::string& flag_token,
+                                        const std::string& flag_token_file, const GetEnv& getenv,
+                                        const std::string& default_file) {
+  if (!flag_token.empty()) return flag_token;
+  if (!flag_token_file.empty()) return read_token_file(flag_token_file);
+  if (auto t = getenv("CAIRN_TOKEN"); t && !t->empty()) return *t;
+  if (auto f = getenv("CAIRN_TOKEN_FILE"); f && !f->empty()) return read_token_file(*f);
+  struct stat st {};
+  if (!default_file.empty() && ::stat(default_file.c_str(), &st) == 0)
+    return read_token_file(default_file);
+  return std::string();
+}
+
+std::string format_table(const std::vector<std::string>& header,
+                         const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(header.size(), 0);
+  auto measure = [&](const std::vector<std::string>& row) {
+    for (size_t i = 0; i < row.size() && i < width.size(); ++i)
+      width[i] = std::max(width[i], row[i].size());
+  };
+  measure(header);
+  for (const auto& r : rows) measure(r);
+  std::string out;
+  auto emit = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (size_t i = 0; i < width.size(); ++i) {
+      const std::string cell = i < row.size() ? row[i] : std::string();
+      line += cell;
+      if (i + 1 < width.size()) line += std::string(width[i] - cell.size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  };
+  emit(header);
+  for (const auto& r : rows) emit(r);
+  return out;
+}
+
+std::string format_fields(const std::vector<std::pair<std::string, std::string>>& fields) {
+  size_t width = 0;
+  for (const auto& [k, v] : fields) width = std::max(width, k.size());
+  std::string out;
+  for (const auto& [k, v] : fields)
+    out += k + ":" + std::string(width - k.size() + 1, ' ') + v + "\n";
+  return out;
+}
+
+std::string format_volume_table(const cairn::v1::ListVolumesResponse& list) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& v : list.volumes()) {
+    rows.push_back({v.name(), format_size_bytes(v.size_bytes()),
+                    format_size_bytes(v.allocated_bytes()),
+                    std::to_string(v.attached_connections())});
+  }
+  return format_table({"NAME", "SIZE", "ALLOCATED", "ATTACHED"}, rows);
+}
+
+std::string format_volume_info(const cairn::v1::Volume& v) {
+  return format_fields({
+      {"name", v.name()},
+      {"id", std::to_string(v.id())},
+      {"size", bytes_with_exact(v.size_bytes())},
+      {"allocated", bytes_with_exact(v.allocated_bytes())},
+      {"extent size", format_size_bytes(v.extent_size_bytes())},
+      {"created", format_unix_time(v.created_unix_s())},
+      {"attached", std::to_string(v.attached_connections()) + " connection(s)"},
+      {"nbd export", or_dash(v.nbd_export())},
+  });
+}
+
+std::string format_node_status(const cairn::v1::NodeStatus& s) {
+  std::string used = format_size_bytes(s.used_bytes());
+  if (s.capacity_bytes() > 0) {
+    char pct[32];
+    snprintf(pct, sizeof(pct), " (%.1f%%)",
+             100.0 * static_cast<double>(s.used_bytes()) / static_cast<double>(s.capacity_bytes()));
+    used += pct;
+  }
+  return format_fields({
+      {"version", or_dash(s.version())},
+      {"data dir", or_dash(s.data_dir())},
+      {"capacity", format_size_bytes(s.capacity_bytes())},
+      {"used", used},
+      {"volumes", std::to_string(s.volumes())},
+      {"nbd connections", std::to_string(s.nbd_connections())},
+      {"nbd tcp", or_dash(s.nbd_tcp())},
+      {"nbd socket", or_dash(s.nbd_socket())},
+  });
+}
+
+std::string format_json(const google::protobuf::Message& msg) {
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(msg, &out, opts);
+  if (out.empty() || out.back() != '\n') out.push_back('\n');
+  return out;
+}
+
+int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& err,
+            const GetEnv& getenv) {
+  CLI::App app{"cairn: manage Cairn volumes through the blockd control API"};
+  app.name("cairn");
+  app.fallthrough();  // global options are accepted after the subcommand too
+  app.require_subcommand(1);
+
+  std::string api_url;
+  std::string token;
+  std::string token_file;
+  bool json = false;
+  app.add_option("--api", api_url,
+                 "control API URL (env CAIRN_API, default " + std::string(kDefaultApiUrl) + ")");
+  app.add_option("--token", token, "admin token (env CAIRN_TOKEN)");
+  app.add_option("--token-file", token_file,
+                 "file holding the admin token (env CAIRN_TOKEN_FILE, default " +
+                     std::string(kDefaultTokenFile) + " if present)");
+  app.add_flag("--json", json, "print the API's JSON answer");
+
+  auto* volume = app.add_subcommand("volume", "create, list, inspect, resize, delete volumes");
+  volume->require_subcommand(1);
+  std::string name;
+  std::string size_text;
+  bool force = false;
+
+  auto* create = volume->add_subcommand("create", "create a thin volume");
+  create->add_option("NAME", name, "volume name")->required();
+  create->add_option("--size", size_text, "size, e.g. 10G")->required()->check(kSizeValidator);
+  auto* list = volume->add_subcommand("list", "list volumes");
+  auto* info = volume->add_subcommand("info", "show one volume");
+  info->add_option("NAME", name, "volume name")->required();
+  auto* resize = volume->add_subcommand("resize", "grow a volume");
+  resize->add_option("NAME", name, "volume name")->required();
+  resize->add_option("--size", size_text, "new size, e.g. 20G")->required()->check(kSizeValidator);
+  auto* del = volume->add_subcommand("delete", "delete a volume");
+  del->add_option("NAME", name, "volume name")->required();
+  del->add_flag("--force", force, "delete even while NBD clients are attached");
+  auto* status = app.add_subcommand("status", "show the node's status");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e, out, err);  // --help
+    err << "cairn: error: " << e.what() << "\n"
+        << "Run with --help for more information.\n";
+    return 2;
+  }
+
+  if (api_url.empty()) api_url = getenv("CAIRN_API").value_or(kDefaultApiUrl);
+  auto resolved = resolve_token(token, token_file, getenv);
+  if (!resolved) {
+    err << "cairn: error: " << resolved.error().message << "\n";
+    return 1;
+  }
+  ControlClient client(api_url, resolved.value());
+
+  auto fail = [&](const ClientError& e) {
+    err << "cairn: error: " << e.message;
+    if (e.http_status == 401)
+      err << " (give the admin token with --token, --token-file or CAIRN_TOKEN)";
+    err << "\n";
+    return 1;
+  };
+  auto show_volume = [&](const ClientResult<cairn::v1::Volume>& r) {
+    if (!r) return fail(r.error());
+    out << (json ? format_json(r.value()) : format_volume_info(r.value()));
+    return 0;
+  };
+  uint64_t size_bytes = size_text.empty() ? 0 : parse_size_bytes(size_text).value_or(0);
+
+  if (*create) return show_volume(client.create_volume(name, size_bytes));
+  if (*info) return show_volume(client.get_volume(name));
+  if (*resize) return show_volume(client.resize_volume(name, size_bytes));
+  if (*list) {
+    auto r = client.list_volumes();
+    if (!r) return fail(r.error());
+    if (json)
+      out << format_json(r.value());
+    else if (r.value().volumes().empty())
+      out << "no volumes\n";
+    else
+      out << format_volume_table(r.value());
+    return 0;
+  }
+  if (*del) {
+    auto r = client.delete_volume(name, force);
+    if (!r) return fail(r.error());
+    if (!json) out << "deleted volume " << name << "\n";
+    return 0;
+  }
+  if (*status) {
+    auto r = client.status();
+    if (!r) return fail(r.error());
+    out << (json ? format_json(r.value()) : format_node_status(r.value()));
+    return 0;
+  }
+  err << "cairn: error: no command given\n";
+  return 2;
+}
+
+}  // namespace cairn::client
