@@ -22,6 +22,7 @@
 
 #include "common/assert.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "nbd_protocol.h"
 
 namespace cairn::blockd {
@@ -78,6 +79,35 @@ const char* nbd_error_text(uint32_t e) {
   }
 }
 
+// Counters on /metrics, looked up once; the hot path only touches atomics.
+struct NbdMetrics {
+  Counter* requests[8];
+  Counter& read_bytes;
+  Counter& write_bytes;
+  Counter& errors;
+  Gauge& connections;
+  static NbdMetrics& get() {
+    static NbdMetrics m;
+    return m;
+  }
+
+ private:
+  NbdMetrics()
+      : read_bytes(MetricsRegistry::global().counter("cairn_nbd_bytes_total", {{"op", "read"}},
+                                                     "Payload bytes served over NBD")),
+        write_bytes(MetricsRegistry::global().counter("cairn_nbd_bytes_total", {{"op", "write"}})),
+        errors(MetricsRegistry::global().counter("cairn_nbd_errors_total", {},
+                                                 "NBD requests answered with an error")),
+        connections(MetricsRegistry::global().gauge("cairn_nbd_connections", {},
+                                                    "Open NBD connections")) {
+    static const char* names[8] = {"read", "write", "disc", "flush", "trim", "cache",
+                                   "write_zeroes", "block_status"};
+    for (int i = 0; i < 8; ++i)
+      requests[i] = &MetricsRegistry::global().counter("cairn_nbd_requests_total",
+                                                       {{"op", names[i]}}, "NBD requests");
+  }
+};
+
 // One reply waiting to be sent: a small header and optional data.
 struct Reply {
   uint8_t head[96];
@@ -122,12 +152,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Connection(NbdServer::Impl& srv, Reactor& r, int fd) : srv_(srv), r_(r), fd_(fd) {}
 
   static Task<void> run(std::shared_ptr<Connection> self) {
+    NbdMetrics::get().connections.add(1);
     if (bool ok = co_await self->handshake(); ok) co_await self->transmission();
     co_await self->drain();
     self->srv_.unregister_fd(self->fd_);
     ::close(self->fd_);
     self->volume_.reset();
     self->srv_.connection_closed();
+    NbdMetrics::get().connections.add(-1);
   }
 
  private:
@@ -551,6 +583,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void finish(const Request& req) {
+    auto& m = NbdMetrics::get();
+    if (req.type < 8) m.requests[req.type]->inc();
+    if (req.type == kCmdRead) m.read_bytes.inc(req.length);
+    if (req.type == kCmdWrite) m.write_bytes.inc(req.length);
     --inflight_;
     inflight_bytes_ -= (req.type == kCmdRead || req.type == kCmdWrite) ? req.length : 0;
     if (slot_waiter_ && !over_limit()) std::exchange(slot_waiter_, {}).resume();
@@ -572,6 +608,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void enqueue_error(const Request& req, uint32_t err) {
+    NbdMetrics::get().errors.inc();
     Reply r;
     if (structured_) {
       const char* msg = nbd_error_text(err);
