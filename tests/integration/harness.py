@@ -224,12 +224,28 @@ def assert_bytes_equal(tc, got, want, what):
 # --------------------------------------------------------------------------- NBD helpers
 
 
-def nbd_connect(uri, meta_contexts=(), name="cairn-it"):
+HANDSHAKE_TIMEOUT_S = 30
+
+
+def nbd_connect(uri, meta_contexts=(), name="cairn-it", timeout_s=HANDSHAKE_TIMEOUT_S):
+    """A libnbd handle connected to uri. libnbd's connect has no timeout of its own: a
+    server that accepts and never answers would hang the test, so drive the handshake
+    asynchronously with a deadline."""
     h = nbd.NBD()
     h.set_handle_name(name)
     for c in meta_contexts:
         h.add_meta_context(c)
-    h.connect_uri(uri)
+    h.aio_connect_uri(uri)
+    deadline = time.monotonic() + timeout_s
+    while not h.aio_is_ready():
+        if h.aio_is_dead() or h.aio_is_closed():
+            # the synchronous call reports the server's reason
+            h2 = nbd.NBD()
+            h2.connect_uri(uri)
+            return h2
+        if time.monotonic() > deadline:
+            raise AssertionError(f"NBD handshake with {uri} did not complete within {timeout_s}s")
+        h.poll(100)
     return h
 
 
@@ -268,6 +284,7 @@ class Server:
         self.label = label
         self.tmp = make_tmpdir(label)
         self.failed = False
+        _live_servers.add(self)
 
     # Context manager: always stop; on an exception show the log tail.
     def __enter__(self):
@@ -285,6 +302,7 @@ class Server:
         return False
 
     def cleanup(self):
+        _live_servers.discard(self)
         if self.failed or KEEP_TMP:
             log(f"[{self.label}] keeping {self.tmp}")
         else:
@@ -818,5 +836,30 @@ class ServerTestCase(unittest.TestCase):
         self.assertTrue(self.server.alive(), f"{self.server.kind} is no longer running")
 
 
+# Every live server, so that a watchdog can show their logs and stop them.
+_live_servers = set()
+
+
+def _watchdog(timeout_s):
+    """A hang (a server that stops answering) must fail the test with stacks and logs,
+    not wait for CTest's timeout. faulthandler backs this up in case the GIL is held."""
+    import faulthandler
+
+    def fire():
+        log(f"\n!!! watchdog: test file still running after {timeout_s}s; stacks:")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        for srv in list(_live_servers):
+            with contextlib.suppress(Exception):
+                srv.print_log_tail()
+                srv.kill9()
+        os._exit(3)
+
+    t = threading.Timer(timeout_s, fire)
+    t.daemon = True
+    t.start()
+    faulthandler.dump_traceback_later(timeout_s + 30, exit=True)
+
+
 def main():
+    _watchdog(int(os.environ.get("CAIRN_TEST_TIMEOUT_S", "540")))
     unittest.main(verbosity=2)
