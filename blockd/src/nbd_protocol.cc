@@ -47,10 +47,12 @@ uint32_t validate_request(const Request& r, const ExportView& e) {
   if (!ranged) return 0;
 
   if ((r.type == kCmdRead || r.type == kCmdWrite) && r.length > kPayloadMaxBytes)
-    return kEOverflow;
+    return kEInval;
   if (r.type == kCmdBlockStatus && r.length == 0) return kEInval;
   uint64_t end = r.offset + r.length;
-  if (end < r.offset || end > e.size_bytes) return writes ? kENoSpc : kEInval;
+  // The spec: ENOSPC for writes past the end, EINVAL for reads and trims.
+  bool data_write = r.type == kCmdWrite || r.type == kCmdWriteZeroes;
+  if (end < r.offset || end > e.size_bytes) return data_write ? kENoSpc : kEInval;
   return 0;
 }
 

@@ -206,8 +206,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e, out, err);  // --help
-    err << "cairn: error: " << e.what() << "\n"
-        << "Run with --help for more information.\n";
+    err << "cairn: error: " << e.what() << " (see --help)\n";
     return 2;
   }
 

@@ -303,8 +303,16 @@ class Server:
 
     def cleanup(self):
         _live_servers.discard(self)
-        if self.failed or KEEP_TMP:
+        if KEEP_TMP:
             log(f"[{self.label}] keeping {self.tmp}")
+        elif self.failed:
+            # keep the logs for a post-mortem, drop the (large) data
+            for root, _, files in os.walk(self.tmp):
+                for f in files:
+                    if not f.endswith(".log"):
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join(root, f))
+            log(f"[{self.label}] kept the logs in {self.tmp}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -815,7 +823,7 @@ class ServerTestCase(unittest.TestCase):
         result = getattr(outcome, "result", None)
         if result is not None:
             for test, _ in list(result.errors) + list(result.failures):
-                if test is self:
+                if test is self or getattr(test, "test_case", None) is self:  # or a subTest
                     return True
         if outcome is not None and not getattr(outcome, "success", True):
             return True

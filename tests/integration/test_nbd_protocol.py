@@ -295,14 +295,15 @@ class NbdProtocolTest(harness.ServerTestCase):
                 ("write_zeroes across end", lambda: c.write_zeroes(end - 4096, 8192), R.ENOSPC),
             ]
             for what, fn, want in cases:
-                r = fn()
-                allowed = (want,)
-                if want == R.ENOSPC:
-                    allowed = self.server.write_beyond_end_errnos
-                self.assertIn(r.error, allowed, f"{what}: error {r.error}, spec says {want}")
-                if r.data is not None:
-                    self.fail(f"{what}: data returned with error")
-                self.assert_usable(c, what)
+                with self.subTest(case=what):
+                    r = fn()
+                    allowed = (want,)
+                    if want == R.ENOSPC:
+                        allowed = self.server.write_beyond_end_errnos
+                    self.assertIn(r.error, allowed, f"{what}: error {r.error}, spec says {want}")
+                    if r.data is not None:
+                        self.fail(f"{what}: data returned with error")
+                    self.assert_usable(c, what)
             # the last 4 KiB of the volume were not touched by the failed write
             r = c.read(end - 4096, 4096)
             self.assertEqual(r.error, 0)
@@ -482,18 +483,23 @@ class NbdProtocolTest(harness.ServerTestCase):
                 seen[r.handle - (1 << 63)] = r.data
             for i in range(64):
                 self.assertEqual(seen[i], blocks[i], f"pipelined read {i}")
-            # DISC after an outstanding write: the server MUST handle (answer) it; it is
-            # carried out, or refused with ESHUTDOWN (nbdkit does that) and not applied.
+            # DISC with a write outstanding (the client SHOULD NOT, but MAY): the server
+            # handles the write; it may still answer it (0, or ESHUTDOWN as nbdkit does) or
+            # just close (qemu-nbd). An acknowledged write must be there.
             last = harness.pattern_block("before-disc", 4096)
             c.send_request(R.CMD_WRITE, 1 * MiB, 4096, 0, last)
             c.disconnect()
-            r = c.recv_reply()
-            self.assertIn(r.error, (0, R.ESHUTDOWN), "write issued before NBD_CMD_DISC")
+            try:
+                err = c.recv_reply().error
+                self.assertIn(err, (0, R.ESHUTDOWN), "write issued before NBD_CMD_DISC")
+            except R.Closed:
+                err = "closed"
+            harness.log(f"write outstanding at NBD_CMD_DISC: {err}")
             self.assertTrue(c.closed_by_server(5), "server did not close after NBD_CMD_DISC")
         with self.raw(name) as c:
             c.connect_export(name)
             got = c.read(1 * MiB, 4096).data
-            if r.error == 0:
+            if err == 0:
                 self.assertEqual(got, last, "acknowledged write before DISC is missing")
             else:
                 self.assertIn(got, (last, bytes(4096)))
@@ -572,6 +578,11 @@ class NbdProtocolTest(harness.ServerTestCase):
             for i in range(n):
                 self.assertEqual(r.data[i * 4096:(i + 1) * 4096],
                                  harness.pattern_block(f"conn{i}", 4096), f"block of client {i}")
+
+    def test_write_to_read_only_export(self):
+        # Snapshots (`volume@snapshot`, read-only) are not implemented yet; then: WRITE,
+        # TRIM and WRITE_ZEROES answer EPERM and the data stays unchanged.
+        self.skipTest("read-only snapshot exports do not exist yet")
 
     def test_zz_sentinel_pattern_survives_everything(self):
         """Runs last (alphabetical order): after all the abuse above, a fresh client on

@@ -34,19 +34,21 @@ TEST(NbdProtocol, AcceptsRequestsInsideTheExport) {
   EXPECT_EQ(validate_request(req(kCmdCache, 0, 4096), e), 0u);
 }
 
-TEST(NbdProtocol, OutOfRangeIsEinvalForReadsAndEnospcForWrites) {
+TEST(NbdProtocol, OutOfRangeIsEinvalForReadsAndTrimsAndEnospcForWrites) {
   auto e = rw_export();
   EXPECT_EQ(validate_request(req(kCmdRead, 1 << 20, 1), e), kEInval);
   EXPECT_EQ(validate_request(req(kCmdWrite, (1 << 20) - 511, 512), e), kENoSpc);
-  EXPECT_EQ(validate_request(req(kCmdTrim, ~0ull - 10, 4096), e), kENoSpc);  // wraps
+  EXPECT_EQ(validate_request(req(kCmdWriteZeroes, (1 << 20) - 511, 512), e), kENoSpc);
+  EXPECT_EQ(validate_request(req(kCmdTrim, 8192, 1 << 20), e), kEInval);
+  EXPECT_EQ(validate_request(req(kCmdWrite, ~0ull - 10, 4096), e), kENoSpc);  // wraps
   EXPECT_EQ(validate_request(req(kCmdBlockStatus, 0, (1 << 20) + 1), e), kEInval);
 }
 
-TEST(NbdProtocol, OversizedPayloadIsEoverflow) {
+TEST(NbdProtocol, PayloadOverTheAdvertisedMaximumIsEinval) {
   auto e = rw_export();
   e.size_bytes = 1ull << 40;
-  EXPECT_EQ(validate_request(req(kCmdRead, 0, kPayloadMaxBytes + 1), e), kEOverflow);
-  EXPECT_EQ(validate_request(req(kCmdWrite, 0, kPayloadMaxBytes + 1), e), kEOverflow);
+  EXPECT_EQ(validate_request(req(kCmdRead, 0, kPayloadMaxBytes + 1), e), kEInval);
+  EXPECT_EQ(validate_request(req(kCmdWrite, 0, kPayloadMaxBytes + 1), e), kEInval);
   // Commands without payload may cover large ranges.
   EXPECT_EQ(validate_request(req(kCmdTrim, 0, 0xffffffffu), e), 0u);
 }
