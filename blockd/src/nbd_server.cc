@@ -506,14 +506,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
         enqueue_error(req, err);
         continue;
       }
-      co_await WaitSlot{this};
+      WaitSlot slot{this};
+      co_await slot;
       ++inflight_;
       inflight_bytes_ += (req.type == kCmdRead || req.type == kCmdWrite) ? req.length : 0;
       spawn(handle(shared_from_this(), req, std::move(payload)));
     }
   }
 
-  Task<void> drain() { co_await WaitIdle{this}; }
+  Task<void> drain() {
+    WaitIdle idle{this};
+    co_await idle;
+  }
 
   static Task<void> handle(std::shared_ptr<Connection> self, Request req, AlignedBuf payload) {
     Connection& c = *self;

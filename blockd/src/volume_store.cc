@@ -18,7 +18,7 @@
 #include "common/assert.h"
 #include "common/fault.h"
 #include "common/log.h"
-#include "common/when_all.h"  // run_sync
+#include "common/when_all.h"
 #include "store_impl.h"
 #include "uring_block_device.h"
 
@@ -103,47 +103,6 @@ Status db_status(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return ok();
   CAIRN_LOG_ERROR(kLog, "metadata %s failed: %s", what, s.ToString().c_str());
   return Errc::io_error;
-}
-
-// Runs the tasks concurrently on this thread and returns the first error in task order.
-// Same contract as cairn::when_all, which this replaces here: g++ 12.2 miscompiles
-// `co_await Awaiter{shared_ptr}` (the braced temporary in when_all.cc), freeing the join
-// state early. The state lives in this frame and every awaiter is a named trivial object.
-struct JoinState {
-  size_t remaining = 0;
-  size_t first_error_index = SIZE_MAX;
-  Status first_error = ok();
-  std::coroutine_handle<> waiter;
-};
-
-Task<void> join_one(Task<Status> t, JoinState* st, size_t index) {
-  Status r = co_await std::move(t);
-  if (!r && index < st->first_error_index) {
-    st->first_error_index = index;
-    st->first_error = r;
-  }
-  if (--st->remaining == 0 && st->waiter) {
-    std::coroutine_handle<> w = std::exchange(st->waiter, {});
-    w.resume();  // may free *st: touch nothing after this
-  }
-}
-
-struct JoinAwaiter {
-  JoinState* st;
-  bool await_ready() const noexcept { return st->remaining == 0; }
-  void await_suspend(std::coroutine_handle<> h) noexcept { st->waiter = h; }
-  void await_resume() const noexcept {}
-};
-
-Task<Status> run_all(std::vector<Task<Status>> tasks) {
-  if (tasks.empty()) co_return ok();
-  if (tasks.size() == 1) co_return co_await std::move(tasks[0]);
-  JoinState st;
-  st.remaining = tasks.size();
-  for (size_t i = 0; i < tasks.size(); ++i) spawn(join_one(std::move(tasks[i]), &st, i));
-  JoinAwaiter awaiter{&st};
-  co_await awaiter;
-  co_return st.first_error;
 }
 
 }  // namespace
@@ -334,7 +293,7 @@ Task<Status> VolumeCore::read_aligned(uint64_t offset, uint64_t length, uint8_t*
   std::vector<Task<Status>> tasks;
   tasks.reserve(reads.size());
   for (const Seg& r : reads) tasks.push_back(store_.device().read(r.buf, r.len, r.dev_off));
-  co_return co_await run_all(std::move(tasks));
+  co_return co_await when_all(std::move(tasks));
 }
 
 void VolumeCore::revert_locked(std::vector<std::pair<uint64_t, std::optional<ExtentRecord>>>& undo,
@@ -439,7 +398,7 @@ Task<Status> VolumeCore::write_blocks(EpochGuard& epoch, uint64_t offset, uint64
   std::vector<Task<Status>> tasks;
   tasks.reserve(writes.size());
   for (const Seg& w : writes) tasks.push_back(store_.device().write(w.buf, w.len, w.dev_off, fua));
-  co_return co_await run_all(std::move(tasks));
+  co_return co_await when_all(std::move(tasks));
 }
 
 Task<Status> VolumeCore::write_any(uint64_t offset, uint64_t length, const void* buf, bool fua,
@@ -588,7 +547,7 @@ Task<Status> VolumeCore::release_blocks(uint64_t offset, uint64_t length) {
     std::vector<Task<Status>> tasks;
     tasks.reserve(punches.size());
     for (const Seg& p : punches) tasks.push_back(store_.device().punch_hole(p.dev_off, p.len));
-    CAIRN_CO_TRY(co_await run_all(std::move(tasks)));
+    CAIRN_CO_TRY(co_await when_all(std::move(tasks)));
   }
   co_return ok();
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Finds (and with --fix rewrites) `if (co_await X)` / `if (!co_await X)` conditions.
+"""Finds coroutine patterns that g++ 12.2 miscompiles; --fix rewrites the first kind.
 
-g++ 12 miscompiles a coroutine whose `if` condition contains co_await (the coroutine body
-never runs; GCC PR c++/106188 family). The init-statement form is compiled correctly:
-    if (bool ok = co_await X; !ok) ...
-This script is run by the test suite in check mode; it exits 1 when it finds the pattern.
+1. `if (co_await X)` / `if (!co_await X)`: the coroutine body never runs (GCC PR c++/106188
+   family). The init-statement form compiles correctly: `if (bool ok = co_await X; !ok)`.
+2. `co_await Awaiter{...}`: a braced temporary awaiter with a destructor is destroyed early.
+   Name it: `Awaiter a{...}; co_await a;`.
+The test suite runs this in check mode; it exits 1 when it finds either pattern.
 """
 import os
 import re
@@ -56,6 +57,10 @@ def main():
             text = new
         for line, *_, cond in scan(text):
             print(f'{path}:{line}: co_await in an if condition (g++ 12 miscompiles it): {cond.strip()}')
+            bad += 1
+        for m in re.finditer(r'co_await\s+[A-Za-z_][\w:]*\{', text):
+            line = text.count('\n', 0, m.start()) + 1
+            print(f'{path}:{line}: co_await of a braced temporary (g++ 12 miscompiles it)')
             bad += 1
     return 1 if bad else 0
 
