@@ -50,34 +50,89 @@ Result<ExtentRecord> decode_extent_record(std::string_view value) {
 }
 
 const ExtentRecord* ExtentMap::find(uint64_t logical_extent) const {
-  auto it = map_.find(logical_extent);
-  return it == map_.end() ? nullptr : &it->second;
+  const uint64_t t = logical_extent >> (kLeafBits + kDirBits);
+  if (t >= top_.size() || !top_[t]) return nullptr;
+  const Leaf* leaf = top_[t]->leaves[(logical_extent >> kLeafBits) & (kDirSize - 1)].get();
+  if (leaf == nullptr) return nullptr;
+  const ExtentRecord& r = leaf->records[logical_extent & (kLeafSize - 1)];
+  return r.written != 0 ? &r : nullptr;
 }
 
 void ExtentMap::put(uint64_t logical_extent, const ExtentRecord& rec) {
   CAIRN_ASSERT(rec.written != 0);
-  auto [it, inserted] = map_.try_emplace(logical_extent, rec);
-  if (!inserted) {
-    written_blocks_ -= block_count(it->second.written);
-    it->second = rec;
+  const uint64_t t = logical_extent >> (kLeafBits + kDirBits);
+  if (t >= top_.size()) top_.resize(t + 1);
+  if (!top_[t]) top_[t] = std::make_unique<DirPage>();
+  DirPage& dir = *top_[t];
+  auto& leaf = dir.leaves[(logical_extent >> kLeafBits) & (kDirSize - 1)];
+  if (!leaf) {
+    leaf = std::make_unique<Leaf>();
+    ++dir.count;
   }
+  ExtentRecord& slot = leaf->records[logical_extent & (kLeafSize - 1)];
+  if (slot.written != 0) {
+    written_blocks_ -= block_count(slot.written);
+  } else {
+    ++leaf->count;
+    ++mapped_;
+  }
+  slot = rec;
   written_blocks_ += block_count(rec.written);
 }
 
 std::optional<ExtentRecord> ExtentMap::erase(uint64_t logical_extent) {
-  auto it = map_.find(logical_extent);
-  if (it == map_.end()) return std::nullopt;
-  ExtentRecord rec = it->second;
+  const uint64_t t = logical_extent >> (kLeafBits + kDirBits);
+  if (t >= top_.size() || !top_[t]) return std::nullopt;
+  DirPage& dir = *top_[t];
+  auto& leaf = dir.leaves[(logical_extent >> kLeafBits) & (kDirSize - 1)];
+  if (!leaf) return std::nullopt;
+  ExtentRecord& slot = leaf->records[logical_extent & (kLeafSize - 1)];
+  if (slot.written == 0) return std::nullopt;
+  ExtentRecord rec = slot;
+  slot = ExtentRecord{};
   written_blocks_ -= block_count(rec.written);
-  map_.erase(it);
+  --mapped_;
+  if (--leaf->count == 0) {
+    leaf.reset();
+    if (--dir.count == 0) top_[t].reset();
+  }
   return rec;
 }
 
 ExtentMap::Records ExtentMap::take_all() {
   Records out;
-  out.swap(map_);
+  out.reserve(mapped_);
+  for_each([&](uint64_t ext, const ExtentRecord& rec) { out.emplace_back(ext, rec); });
+  top_.clear();
+  mapped_ = 0;
   written_blocks_ = 0;
   return out;
+}
+
+void ExtentMap::const_iterator::seek(uint64_t from) {
+  at_end_ = true;
+  if (m_ == nullptr) return;
+  const auto& top = m_->top_;
+  for (uint64_t t = from >> (kLeafBits + kDirBits); t < top.size(); ++t) {
+    if (!top[t]) {
+      from = (t + 1) << (kLeafBits + kDirBits);
+      continue;
+    }
+    for (uint64_t d = (from >> kLeafBits) & (kDirSize - 1); d < kDirSize; ++d) {
+      const Leaf* leaf = top[t]->leaves[d].get();
+      const uint64_t leaf_base = (t << (kLeafBits + kDirBits)) | (d << kLeafBits);
+      if (leaf != nullptr) {
+        for (uint64_t i = from > leaf_base ? from - leaf_base : 0; i < kLeafSize; ++i) {
+          if (leaf->records[i].written != 0) {
+            cur_ = {leaf_base + i, leaf->records[i]};
+            at_end_ = false;
+            return;
+          }
+        }
+      }
+      from = leaf_base + kLeafSize;
+    }
+  }
 }
 
 }  // namespace cairn::blockd

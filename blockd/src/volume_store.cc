@@ -758,19 +758,25 @@ Result<VolumeInfo> StoreImpl::resize_volume(const std::string& name, uint64_t si
 
 Status StoreImpl::finish_delete(uint64_t volume_id, ExtentMap::Records& extents,
                                 bool quarantine) {
-  while (!extents.empty()) {
+  size_t done = 0;
+  while (done < extents.size()) {
     rocksdb::WriteBatch batch;
     std::vector<uint64_t> phys;
-    auto it = extents.begin();
-    for (; it != extents.end() && phys.size() < kDeleteBatchKeys; ++it) {
-      batch.Delete(extent_key(volume_id, it->first));
-      phys.push_back(it->second.phys_extent);
+    size_t i = done;
+    for (; i < extents.size() && phys.size() < kDeleteBatchKeys; ++i) {
+      batch.Delete(extent_key(volume_id, extents[i].first));
+      phys.push_back(extents[i].second.phys_extent);
     }
-    CAIRN_TRY(write_metadata(batch));
-    extents.erase(extents.begin(), it);
+    Status st = write_metadata(batch);
+    if (!st) {
+      extents.erase(extents.begin(), extents.begin() + static_cast<ptrdiff_t>(done));
+      return st;  // the caller puts back what is left
+    }
+    done = i;
     if (quarantine)
       for (uint64_t p : phys) alloc_.quarantine(p);
   }
+  extents.clear();
   return ok();
 }
 
@@ -827,7 +833,7 @@ std::vector<uint64_t> StoreImpl::mapped_physical_extents() {
   std::lock_guard lk(mu_);
   for (auto& [name, core] : volumes_) {
     std::lock_guard ml(core->map_mu_);
-    for (auto& [ext, rec] : core->map_.records()) out.push_back(rec.phys_extent);
+    core->map_.for_each([&](uint64_t, const ExtentRecord& rec) { out.push_back(rec.phys_extent); });
   }
   std::sort(out.begin(), out.end());
   return out;

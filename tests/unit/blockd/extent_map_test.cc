@@ -89,3 +89,41 @@ TEST(ExtentMap, BlockMaskCoversHalfOpenRange) {
 
 }  // namespace
 }  // namespace cairn::blockd
+
+namespace cairn::blockd {
+
+TEST(ExtentMap, SparseExtentsAcrossLeavesAndDirectoryPagesIterateInOrder) {
+  ExtentMap m;
+  // 1 PiB volume: the last extent is 2^34 - 1; leaves are 512 extents, directory pages 2^20.
+  const std::vector<uint64_t> keys = {0, 511, 512, (1ull << 20) - 1, 1ull << 20, (1ull << 34) - 1};
+  for (uint64_t k : keys) m.put(k, {k, 1, 1});
+  std::vector<uint64_t> seen;
+  m.for_each([&](uint64_t ext, const ExtentRecord& rec) {
+    EXPECT_EQ(rec.phys_extent, ext);
+    seen.push_back(ext);
+  });
+  EXPECT_EQ(seen, keys);
+  EXPECT_EQ(m.lower_bound(513)->first, (1ull << 20) - 1);
+  EXPECT_EQ(m.lower_bound((1ull << 20) + 1)->first, (1ull << 34) - 1);
+  ASSERT_NE(m.find((1ull << 34) - 1), nullptr);
+  EXPECT_EQ(m.find(513), nullptr);
+  for (uint64_t k : keys) EXPECT_TRUE(m.erase(k).has_value());
+  EXPECT_EQ(m.mapped_extents(), 0u);
+  EXPECT_EQ(m.lower_bound(0), m.end());
+}
+
+TEST(ExtentMap, IteratorSurvivesErasingTheRecordItLeft) {
+  ExtentMap m;
+  for (uint64_t k = 0; k < 1100; k += 3) m.put(k, {k, 1, 1});
+  size_t visited = 0;
+  for (auto it = m.lower_bound(0); it != m.end();) {
+    uint64_t ext = it->first;
+    ++it;
+    m.erase(ext);  // the trim/delete loops erase behind the iterator
+    ++visited;
+  }
+  EXPECT_EQ(visited, 367u);
+  EXPECT_EQ(m.mapped_extents(), 0u);
+}
+
+}  // namespace cairn::blockd
