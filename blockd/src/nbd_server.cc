@@ -36,7 +36,7 @@ constexpr size_t kReadBufferBytes = 64 * 1024;
 constexpr uint32_t kInflightMax = 128;
 constexpr uint64_t kInflightBytesMax = 64ull << 20;
 constexpr unsigned kOptionsMax = 256;   // options per handshake before we give up on a client
-constexpr size_t kIovMax = 64;          // iovecs per sendmsg
+constexpr size_t kIovMax = 256;         // iovecs per sendmsg
 
 struct FreeDeleter {
   void operator()(uint8_t* p) const noexcept { free(p); }
@@ -700,8 +700,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (dead_) return;
     queue_.push_back(std::move(r));
     if (!writing_) {
+      // Start the writer once this batch of completions is handled: every reply that became
+      // ready in the batch then goes out in one sendmsg.
       writing_ = true;
-      spawn(writer(shared_from_this()));
+      r_.defer([self = shared_from_this()]() mutable { spawn(writer(std::move(self))); });
     }
   }
 

@@ -58,12 +58,17 @@ class Reactor {
   static Reactor* current() noexcept;
 
   // Runs the loop on the calling thread until stop(). Returns after draining posted work.
+  // Only this thread may submit to the ring (get_sqe and the awaitables below).
   void run();
   // Thread-safe: asks the loop to return.
   void stop() noexcept;
   bool stopping() const noexcept { return stop_.load(std::memory_order_acquire); }
   // Thread-safe: runs `fn` on the loop thread.
   void post(std::function<void()> fn);
+  // Loop thread only: runs `fn` after the current batch of completions has been handled and
+  // before the next submission, so work produced by many completions can be coalesced
+  // (e.g. one sendmsg for all replies that became ready together).
+  void defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
 
   // Awaitable I/O. Each returns the CQE result: bytes transferred or -errno.
   auto read(int fd, void* buf, unsigned len, uint64_t off) {
@@ -123,15 +128,18 @@ class Reactor {
     return Op<Prep>(this, std::move(p));
   }
   void drain_posted();
+  void run_deferred();
   void arm_eventfd();
 
   io_uring ring_{};
+  bool disabled_ = false;  // created disabled; enabled by the thread that runs the loop
   int event_fd_ = -1;
   uint64_t event_buf_ = 0;
   Completion event_completion_{};
   std::atomic<bool> stop_{false};
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;
+  std::vector<std::function<void()>> deferred_;
   std::atomic<bool> wake_pending_{false};
 };
 
