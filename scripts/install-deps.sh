@@ -11,6 +11,7 @@ BUILD_PKGS=(
 )
 TEST_PKGS=(
   qemu-utils nbdkit libnbd-bin python3-libnbd fio python3 curl jq
+  awscli python3-boto3 s3cmd rclone
 )
 
 missing=()

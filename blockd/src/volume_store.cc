@@ -926,6 +926,12 @@ void StoreImpl::complete(std::vector<Waiter*>& batch, const Status& st) {
 
 Task<Status> StoreImpl::flush() {
   if (Reactor::current() == nullptr) co_return co_await sync_all();  // unit tests: inline
+  if (!metadata_unsynced()) {
+    // Fast path: no mapping changed since the last WAL sync, so only the data device needs
+    // syncing; do it on the caller's own ring (no hand-off to the maintenance thread).
+    if (int f = CAIRN_FAULT_POINT("blockd.store.before_sync")) co_return errno_code(f);
+    co_return co_await dev_->sync();
+  }
   QueueAwaiter a{*this, Queue::flush, {}, false};
   co_await a;
   if (!a.queued) co_return co_await sync_all();  // queue full or closing: sync ourselves

@@ -138,6 +138,10 @@ class ObjectStore {
     double scrub_period_hours = 24 * 7;   // a background pass verifies every shard this often;
                                           // 0 disables the scrubber
     uint64_t heal_bytes_per_second = 256ull << 20;  // rate limit of heal/scrub I/O
+    uint32_t drive_check_interval_ms = 5000;  // offline drives (and online ones) re-checked
+    double orphan_grace_seconds = 3600;   // heal passes remove unreferenced shard/temp files
+                                          // older than this (a crashed PUT's leftovers)
+    size_t heal_queue_max = 10000;        // heal-on-read queue; overflow waits for a pass
   };
 
   // Opens (creating if empty) the store: formats empty drives, loads or rebuilds the index
