@@ -93,6 +93,9 @@ constexpr uint16_t kReplyTypeError = 0x8001;
 // base:allocation state flags.
 constexpr uint32_t kStateHole = 1u << 0;
 constexpr uint32_t kStateZero = 1u << 1;
+// qemu:dirty-bitmap:<name> state flag (QEMU's convention).
+constexpr uint32_t kStateDirty = 1u << 0;
+constexpr const char* kDirtyBitmapPrefix = "qemu:dirty-bitmap:";
 
 // Errors the protocol allows in replies.
 constexpr uint32_t kEPerm = 1;
@@ -110,7 +113,7 @@ constexpr uint32_t kBlockSizePreferredBytes = 4096;
 constexpr uint32_t kPayloadMaxBytes = 32u << 20;    // largest READ/WRITE
 constexpr uint32_t kOptionDataMaxBytes = 64u << 10; // larger options end the connection
 constexpr uint32_t kStringMaxBytes = 4096;          // export names, queries
-constexpr uint32_t kBaseAllocationContextId = 1;
+constexpr size_t kContextsMax = 64;                 // contexts one SET may select
 constexpr size_t kRequestHeaderBytes = 28;
 constexpr size_t kSimpleReplyHeaderBytes = 16;
 constexpr size_t kStructuredReplyHeaderBytes = 20;
@@ -155,7 +158,7 @@ struct ExportView {
   uint64_t size_bytes = 0;
   bool read_only = false;
   bool structured_replies = false;
-  bool base_allocation = false;  // base:allocation selected with SET_META_CONTEXT
+  bool base_allocation = false;  // some metadata context selected with SET_META_CONTEXT
 };
 
 // Returns 0 when the request may be executed, else the NBD error to reply with.

@@ -239,22 +239,22 @@ class Connection : public std::enable_shared_from_this<Connection> {
     s.append(reinterpret_cast<char*>(b), 8);
   }
 
-  // Sends the INFO replies of INFO/GO for `info`, then ACK.
-  Task<bool> send_export_info(uint32_t opt, const VolumeInfo& info,
+  // Sends the INFO replies of INFO/GO for export `vol`, then ACK.
+  Task<bool> send_export_info(uint32_t opt, const Volume& vol,
                               const std::vector<uint16_t>& requested) {
     std::string ex;
     append_be16(ex, kInfoExport);
-    append_be64(ex, info.size_bytes);
-    append_be16(ex, transmission_flags(false, structured_));
+    append_be64(ex, vol.size_bytes());
+    append_be16(ex, transmission_flags(vol.read_only(), structured_));
     if (bool ok = co_await opt_reply(opt, kRepInfo, ex); !ok) co_return false;
     for (uint16_t item : requested) {
       std::string s;
       if (item == kInfoName) {
         append_be16(s, kInfoName);
-        s.append(info.name);
+        s.append(vol.name());
       } else if (item == kInfoDescription) {
         append_be16(s, kInfoDescription);
-        s.append("cairn volume " + info.name);
+        s.append(vol.read_only() ? "cairn snapshot " + vol.name() : "cairn volume " + vol.name());
       } else {
         continue;
       }
@@ -282,20 +282,31 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::vector<uint16_t> requested;
     for (uint16_t i = 0; i < n; ++i) requested.push_back(get_be16(p + 6 + name_len + 2 * i));
 
-    auto info = srv_.store.get_volume(name);
-    if (!info) co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
+    // A volume, or "volume@snapshot" (read-only). INFO only looks; the handle is dropped.
+    auto vol = srv_.store.open_volume(name);
+    if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
+    std::shared_ptr<Volume> v = std::move(vol).value();
+    if (bool ok = co_await send_export_info(opt, *v, requested); !ok) co_return false;
     if (opt == kOptGo) {
-      auto vol = srv_.store.open_volume(name);
-      if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
-      volume_ = std::move(vol).value();
-      VolumeInfo now = info.value();
-      now.size_bytes = volume_->size_bytes();
-      if (meta_export_ != name) base_allocation_ = false;
-      if (bool ok = co_await send_export_info(opt, now, requested); !ok) co_return false;
+      volume_ = std::move(v);
+      if (meta_export_ != name) contexts_.clear();
       *entered = true;
-      co_return true;
     }
-    co_return co_await send_export_info(opt, info.value(), requested);
+    co_return true;
+  }
+
+  // The metadata contexts export `vol` offers: base:allocation and one
+  // qemu:dirty-bitmap:<snapshot> per older snapshot (changed blocks since it).
+  static std::vector<std::string> available_contexts(Volume& vol) {
+    std::vector<std::string> out{"base:allocation"};
+    for (const auto& s : vol.dirty_bitmap_sources()) out.push_back(kDirtyBitmapPrefix + s);
+    return out;
+  }
+
+  static bool query_matches(const std::string& query, const std::string& context, bool list) {
+    if (query == context) return true;
+    // LIST accepts namespace / leaf-prefix queries: "base:", "qemu:", "qemu:dirty-bitmap:".
+    return list && !query.empty() && query.back() == ':' && context.starts_with(query);
   }
 
   Task<bool> handle_meta_context(uint32_t opt, const std::string& data) {
@@ -324,23 +335,24 @@ class Connection : public std::enable_shared_from_this<Connection> {
       pos += ql;
     }
     if (pos != data.size()) co_return co_await opt_reply(opt, kRepErrInvalid, "trailing bytes");
-    if (!srv_.store.get_volume(name))
-      co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
+    auto vol = srv_.store.open_volume(name);
+    if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
 
-    bool want_base = false;
-    if (opt == kOptListMetaContext && queries.empty()) want_base = true;
-    for (const auto& q : queries) {
-      if (q == "base:allocation") want_base = true;
-      if (opt == kOptListMetaContext && q == "base:") want_base = true;
+    const bool list = opt == kOptListMetaContext;
+    std::vector<std::string> chosen;
+    for (const auto& c : available_contexts(*vol.value())) {
+      bool match = list && queries.empty();
+      for (const auto& q : queries) match = match || query_matches(q, c, list);
+      if (match && chosen.size() < kContextsMax) chosen.push_back(c);
     }
-    if (opt == kOptSetMetaContext) {
-      base_allocation_ = want_base;
+    if (!list) {
+      contexts_ = chosen;  // ids are positions + 1
       meta_export_ = name;
     }
-    if (want_base) {
+    for (size_t i = 0; i < chosen.size(); ++i) {
       std::string s;
-      append_be32(s, opt == kOptSetMetaContext ? kBaseAllocationContextId : 0);
-      s.append("base:allocation");
+      append_be32(s, list ? 0 : static_cast<uint32_t>(i + 1));
+      s.append(chosen[i]);
       if (bool ok = co_await opt_reply(opt, kRepMetaContext, s); !ok) co_return false;
     }
     co_return co_await opt_reply(opt, kRepAck);
@@ -392,10 +404,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
             co_return false;
           }
           volume_ = std::move(vol).value();
-          if (meta_export_ != data) base_allocation_ = false;
+          if (meta_export_ != data) contexts_.clear();
           uint8_t out[10 + 124] = {};
           put_be64(out, volume_->size_bytes());
-          put_be16(out + 8, transmission_flags(false, structured_));
+          put_be16(out + 8, transmission_flags(volume_->read_only(), structured_));
           co_return co_await send_all(out, no_zeroes ? 10 : sizeof(out));
         }
         case kOptAbort:
@@ -470,9 +482,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   ExportView view() const {
     ExportView v;
     v.size_bytes = volume_->size_bytes();
-    v.read_only = false;
+    v.read_only = volume_->read_only();
     v.structured_replies = structured_;
-    v.base_allocation = base_allocation_;
+    v.base_allocation = !contexts_.empty();
     return v;
   }
 
@@ -561,13 +573,26 @@ class Connection : public std::enable_shared_from_this<Connection> {
       case kCmdCache:
         break;  // no server-side cache to warm: every read goes to the device
       case kCmdBlockStatus: {
+        // One BLOCK_STATUS chunk per selected context, DONE on the last.
         size_t max_runs = (req.flags & kCmdFlagReqOne) ? 1 : 1024;
-        auto runs = vol.allocation(req.offset, req.length, max_runs);
-        if (!runs) {
-          st = runs.error();
-          break;
+        std::vector<std::vector<AllocationRun>> per_context;
+        for (const auto& ctx : c.contexts_) {
+          auto runs = ctx.starts_with(kDirtyBitmapPrefix)
+                          ? vol.changed_since(ctx.substr(strlen(kDirtyBitmapPrefix)), req.offset,
+                                              req.length, max_runs)
+                          : vol.allocation(req.offset, req.length, max_runs);
+          if (!runs) {
+            st = runs.error();
+            break;
+          }
+          per_context.push_back(std::move(runs).value());
         }
-        c.enqueue_block_status(req, runs.value());
+        if (!st) break;
+        for (size_t i = 0; i < per_context.size(); ++i) {
+          bool dirty = c.contexts_[i].starts_with(kDirtyBitmapPrefix);
+          c.enqueue_block_status(req, static_cast<uint32_t>(i + 1), dirty, per_context[i],
+                                 i + 1 == per_context.size());
+        }
         c.finish(req);
         co_return;
       }
@@ -664,7 +689,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     push(std::move(r));
   }
 
-  void enqueue_block_status(const Request& req, const std::vector<AllocationRun>& runs) {
+  // base:allocation: a run not allocated is HOLE|ZERO. qemu:dirty-bitmap: an "allocated"
+  // (changed) run is DIRTY (1), the rest 0.
+  void enqueue_block_status(const Request& req, uint32_t context_id, bool dirty_bitmap,
+                            const std::vector<AllocationRun>& runs, bool last) {
     Reply r;
     size_t n = std::max<size_t>(runs.size(), 1);
     r.data = alloc_aligned(4 + 8 * n);
@@ -673,12 +701,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     uint8_t* d = r.data.get();
-    put_be32(d, kBaseAllocationContextId);
+    put_be32(d, context_id);
     size_t k = 0;
     for (const auto& run : runs) {
       if (run.length_bytes == 0) continue;
+      uint32_t flags = dirty_bitmap ? (run.allocated ? kStateDirty : 0)
+                                    : (run.allocated ? 0 : (kStateHole | kStateZero));
       put_be32(d + 4 + 8 * k, static_cast<uint32_t>(std::min<uint64_t>(run.length_bytes, req.length)));
-      put_be32(d + 8 + 8 * k, run.allocated ? 0 : (kStateHole | kStateZero));
+      put_be32(d + 8 + 8 * k, flags);
       ++k;
     }
     if (k == 0) {  // the engine reported nothing: "unknown" over the whole range is always true
@@ -688,7 +718,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     r.data_len = 4 + 8 * k;
     put_be32(r.head, kMagicStructuredReply);
-    put_be16(r.head + 4, kReplyFlagDone);
+    put_be16(r.head + 4, last ? kReplyFlagDone : 0);
     put_be16(r.head + 6, kReplyTypeBlockStatus);
     put_be64(r.head + 8, req.handle);
     put_be32(r.head + 16, static_cast<uint32_t>(r.data_len));
@@ -759,7 +789,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::unique_ptr<uint8_t[]> rbuf_{new uint8_t[kReadBufferBytes]};
   size_t rpos_ = 0, rend_ = 0;
   bool structured_ = false;
-  bool base_allocation_ = false;
+  std::vector<std::string> contexts_;  // selected metadata contexts; id = index + 1
   std::string meta_export_;
   std::shared_ptr<Volume> volume_;
   uint32_t inflight_ = 0;

@@ -54,6 +54,7 @@ void StoreImpl::heal_main() {
       std::string id = std::move(heal_queue_.front());
       heal_queue_.pop_front();
       heal_queued_.erase(id);
+      if (heal_queue_.size() < opt_.heal_queue_max / 2) queue_full_logged_ = false;
       heal_busy_ = true;
       lk.unlock();
       heal_by_id(id);
@@ -291,7 +292,10 @@ void StoreImpl::queue_heal(const std::string& id) {
   damage_seen_ = true;
   if (heal_queued_.count(id) != 0) return;
   if (heal_queue_.size() >= opt_.heal_queue_max) {
-    CAIRN_LOG_WARN(kLog, "heal queue full: %s left to the next pass", id.c_str());
+    if (!queue_full_logged_)
+      CAIRN_LOG_WARN(kLog, "heal queue full (%zu): further damage is left to heal passes",
+                     heal_queue_.size());
+    queue_full_logged_ = true;
     return;
   }
   heal_queue_.push_back(id);

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <system_error>
+#include <thread>
 
 #include "common/assert.h"
 #include "common/fault.h"
@@ -110,44 +112,61 @@ Status ShardSet::append_stripe(const std::vector<uint8_t*>& blocks, uint32_t len
 }
 
 Result<int> ShardSet::commit(const ObjectRecord& rec, int quorum) {
-  ObjectRecord r = rec;
-  int committed = 0;
-  for (auto& f : files_) {
-    if (f->failed) continue;
-    r.set_shard_index(static_cast<uint32_t>(f->shard));
-    Drive& d = store_.drive(f->drive);
-    Status st = f->writer.finish(r);
+  // Each file: trailer, fsync, rename into objects/, fsync the directory. The drives work in
+  // parallel (their fsyncs overlap); the first live file is done on this thread.
+  auto commit_one = [&](File& f) {
+    ObjectRecord r = rec;
+    r.set_shard_index(static_cast<uint32_t>(f.shard));
+    Drive& d = store_.drive(f.drive);
+    Status st = f.writer.finish(r);
     if (st && CAIRN_FAULT_POINT("objectd.shard.finish")) st = errno_code(EIO);
     if (!st) {
-      fail(*f, st);
-      continue;
+      fail(f, st);
+      return;
     }
     std::string final_path = d.object_path(id_);
     std::string dir = d.object_dir(id_);
-    if (::rename(f->tmp.c_str(), final_path.c_str()) != 0) {
+    if (::rename(f.tmp.c_str(), final_path.c_str()) != 0) {
       int err = errno;
       // objects/<xx> may be gone (damaged drive): recreate it once.
-      if (err == ENOENT && ::access(f->tmp.c_str(), F_OK) == 0 && make_dir(dir) &&
-          fsync_parent_dir(dir) && ::rename(f->tmp.c_str(), final_path.c_str()) == 0) {
+      if (err == ENOENT && ::access(f.tmp.c_str(), F_OK) == 0 && make_dir(dir) &&
+          fsync_parent_dir(dir) && ::rename(f.tmp.c_str(), final_path.c_str()) == 0) {
         err = 0;
       }
       if (err != 0) {
-        fail(*f, errno_code(err));
-        continue;
+        fail(f, errno_code(err));
+        return;
       }
     }
-    f->committed = true;
+    f.committed = true;
     Status ds = fsync_dir(dir);
     if (!ds) {
       ::unlink(final_path.c_str());
-      f->committed = false;
-      f->failed = true;
+      f.committed = false;
+      f.failed = true;
       CAIRN_LOG_WARN(kLog, "fsync of %s failed: %s", dir.c_str(), ds.error().message().c_str());
-      store_.drive_error(f->drive);
+      store_.drive_error(f.drive);
+    }
+  };
+  std::vector<std::thread> threads;
+  File* inline_file = nullptr;
+  for (auto& f : files_) {
+    if (f->failed) continue;
+    if (inline_file == nullptr) {
+      inline_file = f.get();
       continue;
     }
-    ++committed;
+    try {
+      threads.emplace_back([&commit_one, file = f.get()] { commit_one(*file); });
+    } catch (const std::system_error&) {
+      commit_one(*f);  // no thread available: do it here
+    }
   }
+  if (inline_file != nullptr) commit_one(*inline_file);
+  for (auto& t : threads) t.join();
+
+  int committed = 0;
+  for (const auto& f : files_) committed += f->committed ? 1 : 0;
   if (committed < quorum) {
     CAIRN_LOG_WARN(kLog, "commit of %s reached %d shard files, need %d: rolled back", id_.c_str(),
                    committed, quorum);
@@ -180,6 +199,7 @@ VersionReader::VersionReader(StoreImpl& store, ObjectRecord rec, std::vector<boo
   exclude_.resize(n, false);
   files_.resize(n);
   state_.assign(n, State::untried);
+  logged_.assign(n, false);
 }
 
 void VersionReader::damaged() {
@@ -227,8 +247,11 @@ bool VersionReader::read_shard(int shard, uint64_t stripe, uint8_t* buf) {
   Status st = files_[shard].read_block(layout_, stripe, buf);
   if (st && CAIRN_FAULT_POINT("objectd.read.block")) st = Errc::corrupt;
   if (!st) {
-    CAIRN_LOG_WARN(kLog, "shard %d of %s stripe %llu unreadable: %s", shard, rec_.id().c_str(),
-                   static_cast<unsigned long long>(stripe), st.error().message().c_str());
+    if (!logged_[shard]) {
+      CAIRN_LOG_WARN(kLog, "shard %d of %s stripe %llu unreadable: %s", shard, rec_.id().c_str(),
+                     static_cast<unsigned long long>(stripe), st.error().message().c_str());
+    }
+    logged_[shard] = true;
     damaged();
     if (st.error().category() == std::system_category())
       store_.drive_error(layout_.drive_of(shard));
@@ -444,7 +467,9 @@ Result<size_t> ReaderImpl::read(void* buf, size_t len) {
       want[j] = true;
       CAIRN_TRY(version_->load(stripe, want, blocks_, valid_));
     }
-    uint64_t n = std::min<uint64_t>({block_len - off, len - done, end_ - pos_});
+    // Capped by the segment too: a part's last block may end in zero padding.
+    const uint64_t segment_end = segment_start_[segment_] + segments_[segment_].size_bytes();
+    uint64_t n = std::min<uint64_t>({block_len - off, len - done, end_ - pos_, segment_end - pos_});
     memcpy(out + done, blocks_[j] + off, n);
     done += n;
     pos_ += n;

@@ -129,10 +129,23 @@ asio::awaitable<Reply> create_bucket(Exchange& x) {
 asio::awaitable<Reply> put_bucket_acl(Exchange& x, const OpContext& c) {
   x.op = "PutBucketAcl";
   std::string_view acl = trim(x.header("x-amz-acl"));
-  if (acl.empty()) co_return not_implemented(x, "Setting an ACL from an XML document");
-  auto public_read = canned_bucket_acl(acl);
-  if (!public_read) co_return not_implemented(x, "The canned ACL '" + std::string(acl) + "'");
-  // Any body (an AccessControlPolicy) is ignored: the canned header wins, as in S3.
+  std::optional<bool> public_read;
+  if (acl.empty()) {
+    // An AccessControlPolicy document: accepted when a canned ACL could say the same.
+    auto body = co_await x.read_small_payload(64 * 1024);
+    if (!body) {
+      if (body.error() == ObjErrc::entity_too_large) co_return error_reply(x, ObjErrc::malformed_xml);
+      co_return error_reply(x, x.body_error(body.error()));
+    }
+    auto parsed = parse_access_control_policy(body.value(), c.bucket.owner);
+    if (!parsed && parsed.error() == ObjErrc::not_implemented)
+      co_return not_implemented(x, "Grants other than the owner's FULL_CONTROL and AllUsers READ");
+    if (!parsed) co_return error_reply(x, parsed.error());
+    public_read = parsed.value();
+  } else {
+    public_read = canned_bucket_acl(acl);
+    if (!public_read) co_return not_implemented(x, "The canned ACL '" + std::string(acl) + "'");
+  }
   const std::string& bucket = c.bucket.name;
   Status st = co_await x.blocking(
       [&] { return x.ctx.store.set_bucket_public(bucket, *public_read); });

@@ -653,7 +653,7 @@ class S3Server::Impl {
                        std::chrono::steady_clock::now() - started)
                        .count();
     std::string method(to_std(x.req().method_string()));
-    if (code >= 500) {
+    if (code >= 500 && code != 501) {
       CAIRN_LOG_WARN(kLog, "%s %s %s -> %u %s: %s (request %s)", x.op, method.c_str(),
                      x.raw_path.c_str(), code, r.error_code.c_str(), r.log_detail.c_str(),
                      x.request_id.c_str());

@@ -206,6 +206,36 @@ Result<DeleteObjectsRequest> parse_delete_objects(std::string_view xml) {
   return out;
 }
 
+Result<bool> parse_access_control_policy(std::string_view xml, const std::string& owner) {
+  auto root = parse_root(xml, "AccessControlPolicy");
+  if (!root) return ObjErrc::malformed_xml;
+  bool public_read = false;
+  auto acl = root->get_child_optional("AccessControlList");
+  if (!acl) return ObjErrc::malformed_xml;
+  for (auto& [name, grant] : *acl) {
+    if (name == "<xmlattr>" || name == "<xmlcomment>") continue;
+    if (name != "Grant") return ObjErrc::malformed_xml;
+    auto grantee = grant.get_child_optional("Grantee");
+    auto permission = grant.get_optional<std::string>("Permission");
+    if (!grantee || !permission) return ObjErrc::malformed_xml;
+    std::string perm(unquote(*permission));
+    auto uri = grantee->get_optional<std::string>("URI");
+    auto id = grantee->get_optional<std::string>("ID");
+    if (uri) {
+      std::string u(unquote(*uri));
+      if (u != "http://acs.amazonaws.com/groups/global/AllUsers" || perm != "READ")
+        return ObjErrc::not_implemented;
+      public_read = true;
+    } else if (id) {
+      if (std::string(unquote(*id)) != owner || perm != "FULL_CONTROL")
+        return ObjErrc::not_implemented;
+    } else {
+      return ObjErrc::not_implemented;  // e-mail grantees
+    }
+  }
+  return public_read;
+}
+
 Status parse_create_bucket_configuration(std::string_view xml, std::string& location) {
   bool blank = true;
   for (char c : xml)

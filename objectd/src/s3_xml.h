@@ -47,6 +47,11 @@ struct DeleteObjectsRequest {
 // Delete: 1..1000 objects, each with a Key; else malformed_xml.
 Result<DeleteObjectsRequest> parse_delete_objects(std::string_view xml);
 
+// AccessControlPolicy (PutBucketAcl with an XML body, as s3cmd setacl sends): only what the
+// canned ACLs express. Returns whether AllUsers get READ. Errors: malformed_xml;
+// not_implemented for any other grant than FULL_CONTROL to `owner` and READ to AllUsers.
+Result<bool> parse_access_control_policy(std::string_view xml, const std::string& owner);
+
 // CreateBucketConfiguration (an empty body is fine); `location` gets LocationConstraint.
 Status parse_create_bucket_configuration(std::string_view xml, std::string& location);
 

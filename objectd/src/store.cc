@@ -212,7 +212,7 @@ StoreImpl::~StoreImpl() {
     heal_cv_.notify_all();
   }
   if (heal_thread_.joinable()) heal_thread_.join();
-  if (index_ != nullptr) {
+  if (started_) {
     std::lock_guard lock(heal_mu_);
     save_heal_state_locked();
   }
@@ -271,6 +271,7 @@ Status StoreImpl::init() {
   CAIRN_LOG_INFO(kLog, "opened store %s at %s: code %d+%d, drives online %d/%d, objects %llu",
                  store_id_.c_str(), opt_.data_dir.c_str(), k_, m_, drives_online(), n_,
                  static_cast<unsigned long long>(keys));
+  started_ = true;
   heal_thread_ = std::thread([this] { heal_main(); });
   return ok();
 }
@@ -314,10 +315,14 @@ Status StoreImpl::open_drives_and_index() {
                   })->first;
     }
   }
+  bool formatted_any = false;
   for (auto& d : drives_) {
     bool formatted = false;
     d->check(store_id_, static_cast<uint32_t>(n_), &formatted);
+    formatted_any = formatted_any || formatted;
   }
+  // Drives replaced while the store was down are rebuilt by a pass right after open.
+  if (formatted_any && index_exists) pass_requested_ = true;
   if (drives_online() < write_quorum()) {
     CAIRN_LOG_ERROR(kLog, "only %d of %d drives usable, need %d", drives_online(), n_,
                     write_quorum());
@@ -874,6 +879,16 @@ Result<std::unique_ptr<ObjectReader>> StoreImpl::get_object(const std::string& b
   CAIRN_TRY(rec, get_record(object_key(bucket, key)));
   if (!rec) return ObjErrc::no_such_key;
   const uint64_t size = rec->size_bytes();
+  if (rec->kind() == ObjectRecord::MULTIPART) {
+    uint64_t sum = 0;
+    for (const auto& p : rec->parts()) sum += p.size_bytes();
+    if (sum != size) {
+      CAIRN_LOG_ERROR(kLog, "%s/%s: parts add up to %llu bytes, record says %llu",
+                      bucket.c_str(), key.c_str(), static_cast<unsigned long long>(sum),
+                      static_cast<unsigned long long>(size));
+      return ObjErrc::data_corrupt;
+    }
+  }
   if (size == 0) {
     offset = 0;
     length = 0;

@@ -116,6 +116,7 @@ class VersionReader {
   bool reported_ = false;
   std::vector<ShardFileReader> files_;
   std::vector<State> state_;
+  std::vector<bool> logged_;  // a damaged block of this shard was logged
 };
 
 class WriterImpl final : public ObjectWriter {
@@ -302,6 +303,8 @@ class StoreImpl final : public ObjectStore {
   int64_t window_ms_ = 0;           // start of the current rate window
   uint64_t window_disk_bytes_ = 0, window_objects_ = 0, window_data_bytes_ = 0;
   int64_t last_save_ms_ = 0;
+  bool queue_full_logged_ = false;
+  bool started_ = false;            // init() completed: the heal state is loaded
   // Heal thread only: the rate limiter.
   double tokens_ = 0;
   int64_t tokens_ms_ = 0;

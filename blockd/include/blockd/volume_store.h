@@ -39,12 +39,37 @@ struct VolumeInfo {
   uint64_t extent_size_bytes = kExtentSizeBytes;
   int64_t created_unix_s = 0;
   uint32_t attached_connections = 0;
+  uint64_t exclusive_bytes = 0;  // written blocks only the live volume holds
+  uint64_t shared_bytes = 0;     // written blocks the live volume shares with snapshots
+  std::string parent;            // "volume@snapshot" for a clone not yet flattened
 };
 
 // One run of a BLOCK_STATUS answer (NBD base:allocation semantics).
 struct AllocationRun {
   uint64_t length_bytes = 0;
   bool allocated = false;  // false: a hole that reads as zeros
+};
+
+// A point-in-time, read-only image of a volume (issue: snapshots, clones, changed-block
+// tracking; design in docs/FORMAT-blockd.md, "Snapshots").
+struct SnapshotInfo {
+  uint64_t id = 0;
+  std::string volume;
+  std::string name;
+  int64_t created_unix_s = 0;
+  uint64_t seq = 0;              // the volume sequence the snapshot froze
+  uint64_t size_bytes = 0;       // the volume's size when taken
+  uint64_t exclusive_bytes = 0;  // written blocks only this snapshot holds (freed by delete)
+  uint64_t shared_bytes = 0;     // written blocks it shares with the live volume or others
+  uint32_t clones = 0;           // volumes cloned from it (it cannot be deleted while > 0)
+};
+
+// One run of a diff between two points of a volume's history.
+struct DiffRun {
+  uint64_t offset_bytes = 0;
+  uint64_t length_bytes = 0;
+  bool zero = false;  // true: the range now reads as zeros (trimmed/zeroed/unwritten);
+                      // false: it holds data written since the older point
 };
 
 struct StoreStats {
@@ -80,6 +105,18 @@ class Volume {
   // Allocation map of [offset, offset+length), runs merged, at most max_runs runs.
   virtual Result<std::vector<AllocationRun>> allocation(uint64_t offset, uint64_t length,
                                                         size_t max_runs) = 0;
+  // Snapshot exports (`volume@snapshot`) are read-only: writes fail with permission_denied.
+  virtual bool read_only() const { return false; }
+  // Runs of [offset, offset+length) changed since snapshot `since` of the same volume
+  // (allocated=true: changed), for the NBD context qemu:dirty-bitmap:<since>. For a
+  // snapshot export, "changed" means between `since` and this snapshot.
+  virtual Result<std::vector<AllocationRun>> changed_since(const std::string& since,
+                                                           uint64_t offset, uint64_t length,
+                                                           size_t max_runs) {
+    return Errc::unsupported;
+  }
+  // Names of the snapshots a dirty-bitmap context can be asked for (older than this point).
+  virtual std::vector<std::string> dirty_bitmap_sources() { return {}; }
 };
 
 class VolumeStore {
@@ -107,7 +144,35 @@ class VolumeStore {
   // Refused with busy while any handle is open, unless force. Frees all the volume's space.
   virtual Status delete_volume(const std::string& name, bool force) = 0;
   // Opens a handle for an NBD connection (counts as attached until the handle is released).
+  // "volume@snapshot" opens the snapshot read-only.
   virtual Result<std::shared_ptr<Volume>> open_volume(const std::string& name) = 0;
+
+  // Snapshots and clones. Create is O(1) (no data copied) and crash-consistent: it contains
+  // every write completed before the call, and writes in flight are drained first. Names as
+  // volume names. Delete refuses (busy) while clones exist or the snapshot is exported.
+  virtual Result<SnapshotInfo> create_snapshot(const std::string& volume,
+                                               const std::string& snapshot) {
+    return Errc::unsupported;
+  }
+  virtual Result<std::vector<SnapshotInfo>> list_snapshots(const std::string& volume) {
+    return Errc::unsupported;
+  }
+  virtual Status delete_snapshot(const std::string& volume, const std::string& snapshot) {
+    return Errc::unsupported;
+  }
+  // A writable volume whose initial content is the snapshot; O(1).
+  virtual Result<VolumeInfo> clone_volume(const std::string& volume, const std::string& snapshot,
+                                          const std::string& new_volume) {
+    return Errc::unsupported;
+  }
+  // Copies what a clone still reads from its parent snapshot, then detaches it.
+  virtual Status flatten_volume(const std::string& volume) { return Errc::unsupported; }
+  // Changed ranges between `from` (empty = the empty volume) and `to` (empty = the live
+  // volume), from metadata only; cost grows with the changed extents, not the volume size.
+  virtual Result<std::vector<DiffRun>> diff(const std::string& volume, const std::string& from,
+                                            const std::string& to) {
+    return Errc::unsupported;
+  }
 
   // Node-wide durability point (group-committed): data device sync + metadata WAL sync.
   virtual Task<Status> flush() = 0;

@@ -19,6 +19,30 @@ namespace {
 class MemVolume final : public Volume {
  public:
   MemVolume(std::string name, uint64_t size) : name_(std::move(name)), data_(size, 0) {}
+  // A read-only copy: the snapshot `snap` of this volume, after which this volume tracks
+  // the 4 KiB blocks written since (its qemu:dirty-bitmap:<snap> context).
+  std::shared_ptr<MemVolume> snapshot(const std::string& snap) {
+    std::lock_guard lk(mu_);
+    auto s = std::make_shared<MemVolume>(name_ + "@" + snap, data_.size());
+    s->data_ = data_;
+    s->written_ = written_;
+    s->read_only_ = true;
+    since_ = snap;
+    dirty_.clear();
+    return s;
+  }
+  bool read_only() const override { return read_only_; }
+  std::vector<std::string> dirty_bitmap_sources() override {
+    std::lock_guard lk(mu_);
+    if (since_.empty()) return {};
+    return {since_};
+  }
+  Result<std::vector<AllocationRun>> changed_since(const std::string& snap, uint64_t off,
+                                                   uint64_t len, size_t max_runs) override {
+    std::lock_guard lk(mu_);
+    if (snap != since_) return Errc::not_found;
+    return runs_of(dirty_, off, len, max_runs);
+  }
   const std::string& name() const override { return name_; }
   uint64_t size_bytes() const override { return data_.size(); }
   bool alive() const override { return true; }
@@ -29,8 +53,9 @@ class MemVolume final : public Volume {
   }
   Task<Status> write(uint64_t off, uint64_t len, const void* buf, bool) override {
     std::lock_guard lk(mu_);
+    if (read_only_) co_return Errc::permission_denied;
     memcpy(data_.data() + off, buf, len);
-    for (uint64_t b = off / 4096; b <= (off + len - 1) / 4096; ++b) written_[b] = true;
+    for (uint64_t b = off / 4096; b <= (off + len - 1) / 4096; ++b) written_[b] = dirty_[b] = true;
     co_return ok();
   }
   Task<Status> trim(uint64_t off, uint64_t len, bool) override {
@@ -45,11 +70,17 @@ class MemVolume final : public Volume {
   Task<Status> flush() override { co_return ok(); }
   Result<std::vector<AllocationRun>> allocation(uint64_t off, uint64_t len, size_t max_runs) override {
     std::lock_guard lk(mu_);
+    return runs_of(written_, off, len, max_runs);
+  }
+
+ private:
+  static std::vector<AllocationRun> runs_of(const std::map<uint64_t, bool>& set, uint64_t off,
+                                            uint64_t len, size_t max_runs) {
     std::vector<AllocationRun> runs;
     for (uint64_t pos = off; pos < off + len && runs.size() < max_runs;) {
       uint64_t b = pos / 4096;
       uint64_t end = std::min(off + len, (b + 1) * 4096);
-      bool alloc = written_.count(b) != 0;
+      bool alloc = set.count(b) != 0;
       if (!runs.empty() && runs.back().allocated == alloc) runs.back().length_bytes += end - pos;
       else runs.push_back({end - pos, alloc});
       pos = end;
@@ -57,11 +88,13 @@ class MemVolume final : public Volume {
     return runs;
   }
 
- private:
   std::string name_;
   std::mutex mu_;
   std::vector<uint8_t> data_;
   std::map<uint64_t, bool> written_;
+  std::map<uint64_t, bool> dirty_;
+  std::string since_;
+  bool read_only_ = false;
 };
 
 class MemStore final : public VolumeStore {
@@ -92,6 +125,9 @@ class MemStore final : public VolumeStore {
   }
   Task<Status> flush() override { co_return ok(); }
   StoreStats stats() override { return {}; }
+  void snapshot(const std::string& vol, const std::string& snap) {
+    vols_[vol + "@" + snap] = vols_[vol]->snapshot(snap);
+  }
 
  private:
   std::map<std::string, std::shared_ptr<MemVolume>> vols_;
@@ -172,6 +208,30 @@ TEST_F(NbdServerTest, MapShowsWrittenAndHoleRuns) {
   std::string out = run("nbdinfo --map " + tcp_uri("vol1"));
   EXPECT_NE(out.find("0       65536    0  data"), std::string::npos) << out;
   EXPECT_NE(out.find("hole,zero"), std::string::npos) << out;
+}
+
+TEST_F(NbdServerTest, SnapshotExportIsReadOnlyAndDirtyBitmapShowsChangesSinceIt) {
+  run("qemu-io -f raw -c 'write -P 0x11 0 64k' " + tcp_uri("vol1"));
+  store_.snapshot("vol1", "s1");
+  run("qemu-io -f raw -c 'write -P 0x22 1M 4k' -c 'write -P 0x33 0 4k' " + tcp_uri("vol1"));
+
+  std::string map = run("nbdinfo --map=qemu:dirty-bitmap:s1 " + tcp_uri("vol1"));
+  EXPECT_NE(map.find("         0        4096    1  dirty"), std::string::npos) << map;
+  EXPECT_NE(map.find("   1048576        4096    1  dirty"), std::string::npos) << map;
+  EXPECT_NE(map.find("      4096     1044480    0  clean"), std::string::npos) << map;
+  std::string ctx = run("nbdinfo --list --content " + tcp_uri("vol1") + " 2>&1; nbdinfo --json " + tcp_uri("vol1"));
+  EXPECT_NE(ctx.find("qemu:dirty-bitmap:s1"), std::string::npos) << ctx;
+
+  std::string info = run("nbdinfo --json " + tcp_uri("vol1@s1"));
+  EXPECT_NE(info.find("\"is_read_only\": true"), std::string::npos) << info;
+  std::string rd = run("qemu-io -f raw -r -c 'read -P 0x11 0 64k' -c 'read -P 0 1M 4k' " +
+                       tcp_uri("vol1@s1"));
+  EXPECT_EQ(rd.find("Pattern verification failed"), std::string::npos) << rd;
+  EXPECT_EQ(rd.find("[exit"), std::string::npos) << rd;
+  // Bypass libnbd's own read-only check so the server has to refuse the write itself.
+  std::string wr = run("/usr/bin/python3 -c \"import nbd; h = nbd.NBD(); h.set_strict_mode(0); "
+                       "h.connect_uri('" + tcp_uri("vol1@s1") + "'); h.pwrite(b'x' * 512, 0)\"");
+  EXPECT_NE(wr.find("Operation not permitted"), std::string::npos) << wr;
 }
 
 }  // namespace

@@ -86,7 +86,7 @@ void flip_byte(const std::string& path, uint64_t offset) {
   f.write(&c, 1);
 }
 
-class HealTest : public ::testing::Test {
+class ObjectStoreHeal : public ::testing::Test {
  protected:
   ObjectStore::Options options() {
     ObjectStore::Options o;
@@ -109,6 +109,13 @@ class HealTest : public ::testing::Test {
   }
   engine::StoreImpl& impl() { return dynamic_cast<engine::StoreImpl&>(*store_); }
   std::string drive_dir(int d) { return options().data_dir + "/drive" + std::to_string(d); }
+  // rm -rf of a drive directory, made atomic (rename first) so the store never sees it
+  // half-removed and empty (which it would format as a replacement).
+  void remove_drive(int d) {
+    std::string gone = drive_dir(d) + ".removed";
+    fs::rename(drive_dir(d), gone);
+    fs::remove_all(gone);
+  }
   std::string shard_path(const ObjectRecord& v, int shard) {
     StripeLayout l = StripeLayout::of(v);
     return drive_dir(l.drive_of(shard)) + "/objects/" + v.id().substr(0, 2) + "/" + v.id();
@@ -193,7 +200,7 @@ class HealTest : public ::testing::Test {
   std::unique_ptr<ObjectStore> store_;
 };
 
-TEST_F(HealTest, ObjectStoreReadsSurviveRemovedDrivesAndHealRebuildsReplacements) {
+TEST_F(ObjectStoreHeal, ReadsSurviveRemovedDrivesAndHealRebuildsReplacements) {
   std::mt19937_64 rng(test_seed());
   auto objects = put_many(15, rng);
   heal_and_wait();
@@ -201,8 +208,8 @@ TEST_F(HealTest, ObjectStoreReadsSurviveRemovedDrivesAndHealRebuildsReplacements
 
   // Lose m = 2 drives, chosen at random.
   int a = static_cast<int>(rng() % 6), b = static_cast<int>((a + 1 + rng() % 5) % 6);
-  fs::remove_all(drive_dir(a));
-  fs::remove_all(drive_dir(b));
+  remove_drive(a);
+  remove_drive(b);
   expect_all_readable(objects);
   wait_drives_online(4);
   EXPECT_FALSE(store_->heal_status().fully_redundant);
@@ -231,12 +238,12 @@ TEST_F(HealTest, ObjectStoreReadsSurviveRemovedDrivesAndHealRebuildsReplacements
 
   // Any other two drives can now fail.
   int c = (a + 2) % 6 == b ? (a + 3) % 6 : (a + 2) % 6;
-  fs::remove_all(drive_dir(c));
-  fs::remove_all(drive_dir(a));
+  remove_drive(c);
+  remove_drive(a);
   expect_all_readable(objects);
 }
 
-TEST_F(HealTest, ObjectStoreCorruptShardsReadBackAndHealRepairs) {
+TEST_F(ObjectStoreHeal, CorruptShardsReadBackAndHealRepairs) {
   std::mt19937_64 rng(test_seed() + 1);
   auto objects = put_many(20, rng);
   // One multipart object as well: its parts are healed like objects.
@@ -285,7 +292,7 @@ TEST_F(HealTest, ObjectStoreCorruptShardsReadBackAndHealRepairs) {
   expect_all_readable(objects);
 }
 
-TEST_F(HealTest, ObjectStoreHealOnReadRewritesDamagedShard) {
+TEST_F(ObjectStoreHeal, HealOnReadRewritesDamagedShard) {
   std::mt19937_64 rng(test_seed() + 2);
   std::string data = random_bytes(3 * 16384 + 5, rng);
   ASSERT_TRUE(put("k", data));
@@ -302,7 +309,7 @@ TEST_F(HealTest, ObjectStoreHealOnReadRewritesDamagedShard) {
   expect_fully_redundant_on_disk();
 }
 
-TEST_F(HealTest, ObjectStoreTooManyDamagedShardsIsDataCorrupt) {
+TEST_F(ObjectStoreHeal, TooManyDamagedShardsIsDataCorrupt) {
   std::mt19937_64 rng(test_seed() + 3);
   std::string good = random_bytes(20000, rng), bad = random_bytes(20000, rng);
   ASSERT_TRUE(put("good", good));
@@ -321,7 +328,7 @@ TEST_F(HealTest, ObjectStoreTooManyDamagedShardsIsDataCorrupt) {
   EXPECT_FALSE(hs.fully_redundant);
 }
 
-TEST_F(HealTest, ObjectStorePutWithoutWriteQuorumLeavesNothing) {
+TEST_F(ObjectStoreHeal, PutWithoutWriteQuorumLeavesNothing) {
   std::mt19937_64 rng(test_seed() + 4);
   std::string keep = random_bytes(30000, rng);
   ASSERT_TRUE(put("keep", keep));
@@ -333,8 +340,8 @@ TEST_F(HealTest, ObjectStorePutWithoutWriteQuorumLeavesNothing) {
     ASSERT_TRUE(w);
     std::string data = random_bytes(100000, rng);
     ASSERT_TRUE(w.value()->write(data.data(), 50000));
-    fs::remove_all(drive_dir(2));
-    fs::remove_all(drive_dir(3));
+    remove_drive(2);
+    remove_drive(3);
     Status st = w.value()->write(data.data() + 50000, 50000);
     ObjectMeta m;
     m.size_bytes = data.size();
@@ -362,7 +369,7 @@ TEST_F(HealTest, ObjectStorePutWithoutWriteQuorumLeavesNothing) {
   EXPECT_EQ(ObjectStore::open(options()).error(), ObjErrc::quorum_lost);
 }
 
-TEST_F(HealTest, ObjectStoreIndexRebuiltFromDrives) {
+TEST_F(ObjectStoreHeal, IndexRebuiltFromDrives) {
   std::mt19937_64 rng(test_seed() + 5);
   auto root = store_->ensure_root_key("ROOTKEY", "rootsecret1");
   ASSERT_TRUE(root);
@@ -466,7 +473,7 @@ TEST_F(HealTest, ObjectStoreIndexRebuiltFromDrives) {
   expect_fully_redundant_on_disk();
 }
 
-TEST_F(HealTest, ObjectStoreOrphansRemovedAfterGrace) {
+TEST_F(ObjectStoreHeal, OrphansRemovedAfterGrace) {
   std::mt19937_64 rng(test_seed() + 6);
   auto objects = put_many(3, rng);
   ObjectRecord rec = impl().records_for_test().at(1);
@@ -492,7 +499,7 @@ TEST_F(HealTest, ObjectStoreOrphansRemovedAfterGrace) {
   expect_all_readable(objects);
 }
 
-TEST_F(HealTest, ObjectStoreInterruptedPassResumesAfterRestart) {
+TEST_F(ObjectStoreHeal, InterruptedPassResumesAfterRestart) {
   std::mt19937_64 rng(test_seed() + 7);
   for (int i = 0; i < 12; ++i) {
     std::string key = "o";

@@ -99,6 +99,25 @@ TEST_F(S3ServerTest, PutGetHeadDeleteRoundTrip) {
   EXPECT_EQ(call("DELETE", "/photos/never-there").status, 204u);
 }
 
+TEST_F(S3ServerTest, EmptyObjectsAndIgnoredParameters) {
+  make_bucket("empty");
+  put("empty", "zero", "");
+  Resp g = call("GET", "/empty/zero?x-id=GetObject");
+  EXPECT_EQ(g.status, 200u);
+  EXPECT_EQ(g.header("content-length"), "0");
+  EXPECT_EQ(g.header("etag"), "\"" + md5_hex("") + "\"");
+  EXPECT_EQ(call("GET", "/empty/zero", "", {{"range", "bytes=0-"}}).status, 416u);
+  // The connection stays usable after an empty streamed body.
+  asio::io_context ioc;
+  asio::ip::tcp::socket s(ioc);
+  client_->connect(s);
+  Req r;
+  r.target = "/empty/zero";
+  r.creds = kAlice;
+  EXPECT_EQ(client_->exchange(s, r).status, 200u);
+  EXPECT_EQ(client_->exchange(s, r).status, 200u);
+}
+
 TEST_F(S3ServerTest, VirtualHostAndPathStyleAddressTheSameObject) {
   make_bucket("vhost");
   Req r;
@@ -228,6 +247,21 @@ TEST_F(S3ServerTest, AnonymousAccessOnlyToPublicBucketReads) {
   EXPECT_NE(acl.body.find("AllUsers"), std::string::npos);
   ASSERT_EQ(call("PUT", "/pub?acl", "", {{"x-amz-acl", "private"}}).status, 200u);
   EXPECT_EQ(call("GET", "/pub/file", "", {}, std::nullopt).status, 403u);
+  // The same through an AccessControlPolicy document (s3cmd setacl --acl-public).
+  std::string policy =
+      "<AccessControlPolicy><Owner><ID>alice</ID></Owner><AccessControlList>"
+      "<Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" "
+      "xsi:type=\"CanonicalUser\"><ID>alice</ID></Grantee><Permission>FULL_CONTROL</Permission></Grant>"
+      "<Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"Group\">"
+      "<URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee>"
+      "<Permission>READ</Permission></Grant></AccessControlList></AccessControlPolicy>";
+  ASSERT_EQ(call("PUT", "/pub?acl", policy).status, 200u);
+  EXPECT_EQ(call("GET", "/pub/file", "", {}, std::nullopt).status, 200u);
+  std::string write_policy = policy;
+  write_policy.replace(write_policy.rfind("READ"), 4, "WRITE");
+  EXPECT_EQ(call("PUT", "/pub?acl", write_policy).status, 501u);
+  EXPECT_EQ(call("PUT", "/pub?acl", "<AccessControlPolicy>").status, 400u);
+  ASSERT_EQ(call("PUT", "/pub?acl", "", {{"x-amz-acl", "private"}}).status, 200u);
   // public-read at creation.
   ASSERT_EQ(call("PUT", "/pub2", "", {{"x-amz-acl", "public-read"}}).status, 200u);
   EXPECT_TRUE(store_.get_bucket("pub2").value().public_read);
@@ -444,7 +478,9 @@ TEST_F(S3ServerTest, AwsChunkedSignedUpload) {
   client_->prepare(r);
   sigv4::AwsChunkedEncoder enc(sigv4::PayloadMode::streaming_signed, client_->last_signing());
   // send() signs again at the same time: the same seed signature.
-  r.body = enc.encode_chunk(part1) + enc.encode_chunk(part2) + enc.finish();
+  r.body = enc.encode_chunk(part1);
+  r.body += enc.encode_chunk(part2);
+  r.body += enc.finish();
   ASSERT_EQ(r.body.size(), encoded);
   Resp p = client_->send(r);
   ASSERT_EQ(p.status, 200u) << p.body;
@@ -458,7 +494,9 @@ TEST_F(S3ServerTest, AwsChunkedSignedUpload) {
   t.target = "/chunked/tampered";
   client_->prepare(t);
   sigv4::AwsChunkedEncoder enc2(sigv4::PayloadMode::streaming_signed, client_->last_signing());
-  t.body = enc2.encode_chunk(part1) + enc2.encode_chunk(part2) + enc2.finish();
+  t.body = enc2.encode_chunk(part1);
+  t.body += enc2.encode_chunk(part2);
+  t.body += enc2.finish();
   t.body[t.body.size() / 2] ^= 1;
   Resp bad = client_->send(t);
   EXPECT_EQ(bad.status, 403u);
@@ -476,8 +514,9 @@ TEST_F(S3ServerTest, AwsChunkedUnsignedTrailerWithChecksum) {
   r.add_content_length = false;
   sigv4::AwsChunkedEncoder enc(sigv4::PayloadMode::streaming_unsigned_trailer, {},
                                ChecksumAlgorithm::crc32);
-  std::string body = enc.encode_chunk(data.substr(0, 65536)) + enc.encode_chunk(data.substr(65536)) +
-                     enc.finish();
+  std::string body = enc.encode_chunk(data.substr(0, 65536));
+  body += enc.encode_chunk(data.substr(65536));
+  body += enc.finish();
   r.headers = {{"content-encoding", "aws-chunked"},
                {"x-amz-decoded-content-length", std::to_string(data.size())},
                {"x-amz-trailer", "x-amz-checksum-crc32"},
@@ -507,27 +546,27 @@ TEST_F(S3ServerTest, AwsChunkedUnsignedTrailerWithChecksum) {
 }
 
 TEST_F(S3ServerTest, MultipartUploadFlow) {
-  make_bucket("mp");
-  Resp init = call("POST", "/mp/big?uploads", "", {{"content-type", "video/mp4"}, {"x-amz-meta-a", "1"}});
+  make_bucket("multipart");
+  Resp init = call("POST", "/multipart/big?uploads", "", {{"content-type", "video/mp4"}, {"x-amz-meta-a", "1"}});
   ASSERT_EQ(init.status, 200u) << init.body;
   std::string id = init.xml("UploadId");
   EXPECT_EQ(init.xml("Key"), "big");
   std::string p1(kPartSizeMinBytes, 'x'), p2 = "tail";
-  Resp u1 = call("PUT", "/mp/big?partNumber=1&uploadId=" + id, p1);
-  Resp u2 = call("PUT", "/mp/big?partNumber=2&uploadId=" + id, p2);
+  Resp u1 = call("PUT", "/multipart/big?partNumber=1&uploadId=" + id, p1);
+  Resp u2 = call("PUT", "/multipart/big?partNumber=2&uploadId=" + id, p2);
   ASSERT_EQ(u1.status, 200u) << u1.body;
   ASSERT_EQ(u2.status, 200u);
   EXPECT_EQ(u1.header("etag"), "\"" + md5_hex(p1) + "\"");
-  EXPECT_EQ(call("PUT", "/mp/big?partNumber=0&uploadId=" + id, "x").xml("Code"), "InvalidArgument");
-  EXPECT_EQ(call("PUT", "/mp/big?partNumber=1&uploadId=nope", "x").xml("Code"), "NoSuchUpload");
+  EXPECT_EQ(call("PUT", "/multipart/big?partNumber=0&uploadId=" + id, "x").xml("Code"), "InvalidArgument");
+  EXPECT_EQ(call("PUT", "/multipart/big?partNumber=1&uploadId=nope", "x").xml("Code"), "NoSuchUpload");
 
-  Resp parts = call("GET", "/mp/big?uploadId=" + id);
+  Resp parts = call("GET", "/multipart/big?uploadId=" + id);
   EXPECT_EQ(parts.count("<Part>"), 2u);
   EXPECT_EQ(parts.xml("Size"), std::to_string(p1.size()));
-  Resp parts_page = call("GET", "/mp/big?uploadId=" + id + "&max-parts=1");
+  Resp parts_page = call("GET", "/multipart/big?uploadId=" + id + "&max-parts=1");
   EXPECT_EQ(parts_page.xml("IsTruncated"), "true");
   EXPECT_EQ(parts_page.xml("NextPartNumberMarker"), "1");
-  Resp uploads = call("GET", "/mp?uploads");
+  Resp uploads = call("GET", "/multipart?uploads");
   EXPECT_EQ(uploads.xml("UploadId"), id);
 
   auto complete_body = [&](std::vector<std::pair<int, std::string>> ps) {
@@ -536,33 +575,33 @@ TEST_F(S3ServerTest, MultipartUploadFlow) {
       b += "<Part><PartNumber>" + std::to_string(n) + "</PartNumber><ETag>" + e + "</ETag></Part>";
     return b + "</CompleteMultipartUpload>";
   };
-  Resp order = call("POST", "/mp/big?uploadId=" + id,
+  Resp order = call("POST", "/multipart/big?uploadId=" + id,
                     complete_body({{2, u2.header("etag")}, {1, u1.header("etag")}}));
   EXPECT_EQ(order.status, 400u);
   EXPECT_EQ(order.xml("Code"), "InvalidPartOrder");
-  Resp badpart = call("POST", "/mp/big?uploadId=" + id,
+  Resp badpart = call("POST", "/multipart/big?uploadId=" + id,
                       complete_body({{1, u1.header("etag")}, {2, "\"0000\""}}));
   EXPECT_EQ(badpart.xml("Code"), "InvalidPart");
-  Resp malformed = call("POST", "/mp/big?uploadId=" + id, "<CompleteMultipartUpload><Part>");
+  Resp malformed = call("POST", "/multipart/big?uploadId=" + id, "<CompleteMultipartUpload><Part>");
   EXPECT_EQ(malformed.xml("Code"), "MalformedXML");
-  Resp done = call("POST", "/mp/big?uploadId=" + id,
+  Resp done = call("POST", "/multipart/big?uploadId=" + id,
                    complete_body({{1, u1.header("etag")}, {2, u2.header("etag")}}));
   ASSERT_EQ(done.status, 200u) << done.body;
   EXPECT_NE(done.xml("ETag").find("-2"), std::string::npos);
-  Resp g = call("GET", "/mp/big");
+  Resp g = call("GET", "/multipart/big");
   EXPECT_EQ(g.body.size(), p1.size() + p2.size());
   EXPECT_EQ(g.header("content-type"), "video/mp4");
   EXPECT_EQ(g.header("x-amz-meta-a"), "1");
 
   // Small non-last part: EntityTooSmall; abort then NoSuchUpload.
-  std::string id2 = call("POST", "/mp/small?uploads").xml("UploadId");
-  Resp s1 = call("PUT", "/mp/small?partNumber=1&uploadId=" + id2, "tiny");
-  Resp s2 = call("PUT", "/mp/small?partNumber=2&uploadId=" + id2, "tiny");
-  Resp small = call("POST", "/mp/small?uploadId=" + id2,
+  std::string id2 = call("POST", "/multipart/small?uploads").xml("UploadId");
+  Resp s1 = call("PUT", "/multipart/small?partNumber=1&uploadId=" + id2, "tiny");
+  Resp s2 = call("PUT", "/multipart/small?partNumber=2&uploadId=" + id2, "tiny");
+  Resp small = call("POST", "/multipart/small?uploadId=" + id2,
                     complete_body({{1, s1.header("etag")}, {2, s2.header("etag")}}));
   EXPECT_EQ(small.xml("Code"), "EntityTooSmall");
-  EXPECT_EQ(call("DELETE", "/mp/small?uploadId=" + id2).status, 204u);
-  EXPECT_EQ(call("GET", "/mp/small?uploadId=" + id2).xml("Code"), "NoSuchUpload");
+  EXPECT_EQ(call("DELETE", "/multipart/small?uploadId=" + id2).status, 204u);
+  EXPECT_EQ(call("GET", "/multipart/small?uploadId=" + id2).xml("Code"), "NoSuchUpload");
   EXPECT_EQ(store_.uploads(), 0u);
 }
 
@@ -573,7 +612,7 @@ TEST_F(S3ServerTest, UploadPartCopy) {
   Resp c = call("PUT", "/upc/dst?partNumber=1&uploadId=" + id, "",
                 {{"x-amz-copy-source", "upc/src"}, {"x-amz-copy-source-range", "bytes=2-4"}});
   ASSERT_EQ(c.status, 200u) << c.body;
-  EXPECT_EQ(c.xml("ETag"), "\"" + md5_hex("234") + "\"");
+  EXPECT_EQ(c.xml("ETag"), "&quot;" + md5_hex("234") + "&quot;");
   Resp bad = call("PUT", "/upc/dst?partNumber=2&uploadId=" + id, "",
                   {{"x-amz-copy-source", "upc/src"}, {"x-amz-copy-source-range", "bytes=5-50"}});
   EXPECT_EQ(bad.status, 400u);  // S3 rejects copy ranges past the end of the source
@@ -586,36 +625,36 @@ TEST_F(S3ServerTest, UploadPartCopy) {
 }
 
 TEST_F(S3ServerTest, CopyObjectDirectives) {
-  make_bucket("cp");
-  put("cp", "src key", "payload", {{"content-type", "text/x-a"}, {"x-amz-meta-m", "orig"}});
-  Resp c = call("PUT", "/cp/copy1", "", {{"x-amz-copy-source", "/cp/src%20key"}});
+  make_bucket("copies");
+  put("copies", "src%20key", "payload", {{"content-type", "text/x-a"}, {"x-amz-meta-m", "orig"}});
+  Resp c = call("PUT", "/copies/copy1", "", {{"x-amz-copy-source", "/copies/src%20key"}});
   ASSERT_EQ(c.status, 200u) << c.body;
-  EXPECT_EQ(c.xml("ETag"), "\"" + md5_hex("payload") + "\"");
-  Resp g = call("GET", "/cp/copy1");
+  EXPECT_EQ(c.xml("ETag"), "&quot;" + md5_hex("payload") + "&quot;");
+  Resp g = call("GET", "/copies/copy1");
   EXPECT_EQ(g.body, "payload");
   EXPECT_EQ(g.header("content-type"), "text/x-a");
   EXPECT_EQ(g.header("x-amz-meta-m"), "orig");
-  Resp r = call("PUT", "/cp/copy2", "",
-                {{"x-amz-copy-source", "cp/src%20key"}, {"x-amz-metadata-directive", "REPLACE"},
+  Resp r = call("PUT", "/copies/copy2", "",
+                {{"x-amz-copy-source", "copies/src%20key"}, {"x-amz-metadata-directive", "REPLACE"},
                  {"content-type", "text/x-b"}, {"x-amz-meta-m", "new"}});
   ASSERT_EQ(r.status, 200u);
-  Resp g2 = call("HEAD", "/cp/copy2");
+  Resp g2 = call("HEAD", "/copies/copy2");
   EXPECT_EQ(g2.header("content-type"), "text/x-b");
   EXPECT_EQ(g2.header("x-amz-meta-m"), "new");
-  Resp self = call("PUT", "/cp/src%20key", "", {{"x-amz-copy-source", "cp/src%20key"}});
+  Resp self = call("PUT", "/copies/src%20key", "", {{"x-amz-copy-source", "copies/src%20key"}});
   EXPECT_EQ(self.status, 400u);
   EXPECT_EQ(self.xml("Code"), "InvalidRequest");
-  Resp self_replace = call("PUT", "/cp/src%20key", "",
-                           {{"x-amz-copy-source", "cp/src%20key"},
+  Resp self_replace = call("PUT", "/copies/src%20key", "",
+                           {{"x-amz-copy-source", "copies/src%20key"},
                             {"x-amz-metadata-directive", "REPLACE"}, {"x-amz-meta-m", "again"}});
   EXPECT_EQ(self_replace.status, 200u);
-  EXPECT_EQ(store_.object("cp", "src key")->meta.user_metadata.at("m"), "again");
-  EXPECT_EQ(call("PUT", "/cp/x", "", {{"x-amz-copy-source", "cp/missing"}}).xml("Code"),
+  EXPECT_EQ(store_.object("copies", "src key")->meta.user_metadata.at("m"), "again");
+  EXPECT_EQ(call("PUT", "/copies/x", "", {{"x-amz-copy-source", "copies/missing"}}).xml("Code"),
             "NoSuchKey");
-  EXPECT_EQ(call("PUT", "/cp/x", "", {{"x-amz-copy-source", "nobucketkey"}}).xml("Code"),
+  EXPECT_EQ(call("PUT", "/copies/x", "", {{"x-amz-copy-source", "nobucketkey"}}).xml("Code"),
             "InvalidArgument");
-  Resp cond = call("PUT", "/cp/x", "",
-                   {{"x-amz-copy-source", "cp/copy1"}, {"x-amz-copy-source-if-match", "\"zz\""}});
+  Resp cond = call("PUT", "/copies/x", "",
+                   {{"x-amz-copy-source", "copies/copy1"}, {"x-amz-copy-source-if-match", "\"zz\""}});
   EXPECT_EQ(cond.status, 412u);
 }
 
@@ -691,7 +730,7 @@ TEST_F(S3ServerTest, AdminApiNeedsRootKey) {
 TEST_F(S3ServerTest, HealthAndMetricsWithoutAuth) {
   Resp h = call("GET", "/healthz", "", {}, std::nullopt);
   EXPECT_EQ(h.status, 200u);
-  make_bucket("m1");
+  make_bucket("m-one");
   Resp m = call("GET", "/metrics", "", {}, std::nullopt);
   EXPECT_EQ(m.status, 200u);
   EXPECT_NE(m.body.find("cairn_s3_requests_total{op=\"CreateBucket\",code=\"200\"} 1"),
@@ -701,14 +740,14 @@ TEST_F(S3ServerTest, HealthAndMetricsWithoutAuth) {
 }
 
 TEST_F(S3ServerTest, KeepAliveAndExpectContinue) {
-  make_bucket("ka");
+  make_bucket("keepalive");
   asio::io_context ioc;
   asio::ip::tcp::socket s(ioc);
   client_->connect(s);
   for (int i = 0; i < 3; ++i) {
     Req r;
     r.method = "PUT";
-    r.target = "/ka/k" + std::to_string(i);
+    r.target = "/keepalive/k" + std::to_string(i);
     r.body = "v" + std::to_string(i);
     r.creds = kAlice;
     EXPECT_EQ(client_->exchange(s, r).status, 200u);
@@ -716,7 +755,7 @@ TEST_F(S3ServerTest, KeepAliveAndExpectContinue) {
   // Expect: 100-continue: the server answers 100 before the body.
   Req r;
   r.method = "PUT";
-  r.target = "/ka/expect";
+  r.target = "/keepalive/expect";
   r.body = "after continue";
   r.creds = kAlice;
   r.headers = {{"expect", "100-continue"}};
@@ -728,7 +767,7 @@ TEST_F(S3ServerTest, KeepAliveAndExpectContinue) {
   EXPECT_EQ(std::string(buf, n).rfind("HTTP/1.1 100", 0), 0u);
   asio::write(s, asio::buffer(r.body));
   EXPECT_EQ(TestClient::read_response(s, false).status, 200u);
-  EXPECT_EQ(store_.object("ka", "expect")->data, "after continue");
+  EXPECT_EQ(store_.object("keepalive", "expect")->data, "after continue");
   // Refused before the body: the client never has to send it.
   Req denied = r;
   denied.creds = kBob;

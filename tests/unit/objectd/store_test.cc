@@ -16,7 +16,7 @@
 #include "common/assert.h"
 #include "store_impl.h"
 
-namespace cairn::objectd {
+namespace cairn::objectd::store_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -82,19 +82,20 @@ size_t count_files(const std::string& dir) {
   return n;
 }
 
-class ObjectStoreTest : public ::testing::Test {
+// The fixture carries the class name so tests read ObjectStore.<Behaviour>.
+class ObjectStore : public ::testing::Test {
  protected:
-  ObjectStore::Options options() {
-    ObjectStore::Options o;
+  objectd::ObjectStore::Options options() {
+    objectd::ObjectStore::Options o;
     o.data_dir = dir_.path() + "/data";
     o.shard_block_bytes = 4096;
     o.scrub_period_hours = 0;
     o.drive_check_interval_ms = 100;
     return o;
   }
-  void open(ObjectStore::Options o) {
+  void open(objectd::ObjectStore::Options o) {
     store_.reset();
-    auto s = ObjectStore::open(o);
+    auto s = objectd::ObjectStore::open(o);
     ASSERT_TRUE(s) << s.error().message();
     store_ = std::move(s.value());
   }
@@ -137,10 +138,10 @@ class ObjectStoreTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  std::unique_ptr<ObjectStore> store_;
+  std::unique_ptr<objectd::ObjectStore> store_;
 };
 
-TEST_F(ObjectStoreTest, PutGetHeadDelete) {
+TEST_F(ObjectStore, PutGetHeadDelete) {
   ObjectMeta meta;
   meta.content_type = "text/plain";
   meta.user_metadata["color"] = "blue";
@@ -177,7 +178,7 @@ TEST_F(ObjectStoreTest, PutGetHeadDelete) {
   EXPECT_EQ(object_files(), 0u);
 }
 
-TEST_F(ObjectStoreTest, ZeroByteObject) {
+TEST_F(ObjectStore, ZeroByteObject) {
   auto m = put("bkt", "empty", "");
   ASSERT_TRUE(m);
   EXPECT_EQ(m.value().etag, "d41d8cd98f00b204e9800998ecf8427e");
@@ -192,7 +193,7 @@ TEST_F(ObjectStoreTest, ZeroByteObject) {
   EXPECT_EQ(r.value()->read(&c, 1).value(), 0u);
 }
 
-TEST_F(ObjectStoreTest, ManyStripesOddSizes) {
+TEST_F(ObjectStore, ManyStripesOddSizes) {
   std::mt19937_64 rng(test_seed());
   const size_t stripe = 4 * 4096;
   for (size_t size : {size_t{1}, size_t{3}, size_t{4095}, size_t{4097}, stripe - 1, stripe,
@@ -209,7 +210,7 @@ TEST_F(ObjectStoreTest, ManyStripesOddSizes) {
   }
 }
 
-TEST_F(ObjectStoreTest, Ranges) {
+TEST_F(ObjectStore, Ranges) {
   std::mt19937_64 rng(test_seed() + 1);
   std::string data = random_bytes(50000, rng);
   ASSERT_TRUE(put("bkt", "r", data));
@@ -235,7 +236,7 @@ TEST_F(ObjectStoreTest, Ranges) {
   EXPECT_EQ(store_->get_object("bkt", "r", 1u << 30, 1).error(), ObjErrc::invalid_range);
 }
 
-TEST_F(ObjectStoreTest, OverwriteReplaces) {
+TEST_F(ObjectStore, OverwriteReplaces) {
   std::mt19937_64 rng(test_seed() + 2);
   std::string v1 = random_bytes(70000, rng), v2 = random_bytes(1000, rng);
   ASSERT_TRUE(put("bkt", "k", v1));
@@ -248,7 +249,7 @@ TEST_F(ObjectStoreTest, OverwriteReplaces) {
   EXPECT_EQ(list.value().objects.size(), 1u);
 }
 
-TEST_F(ObjectStoreTest, KeysWithDotsAndOddBytesStayInsideTheDataDir) {
+TEST_F(ObjectStore, KeysWithDotsAndOddBytesStayInsideTheDataDir) {
   const std::vector<std::string> keys = {
       "../../escape", "../escape", "/abs/escape", "a//b", "./.", "..", ".",
       "sp ace\ttab\nnewline", std::string("\x01\x7f", 2), "\xc3\xbc\x6e\xc3\xaf", "%2e%2e/x",
@@ -277,7 +278,7 @@ TEST_F(ObjectStoreTest, KeysWithDotsAndOddBytesStayInsideTheDataDir) {
   EXPECT_EQ(object_files(), 0u);
 }
 
-TEST_F(ObjectStoreTest, KeyValidation) {
+TEST_F(ObjectStore, KeyValidation) {
   for (const std::string& bad :
        {std::string(), std::string(1025, 'k'), std::string("a\0b", 3), std::string("\xff"),
         std::string("\xc0\x80"), std::string("\xed\xa0\x80"), std::string("\xe2\x82"),
@@ -289,7 +290,7 @@ TEST_F(ObjectStoreTest, KeyValidation) {
   EXPECT_TRUE(store_->put_object("bkt", "\xf0\x9f\x98\x80 emoji"));
 }
 
-TEST_F(ObjectStoreTest, BucketRules) {
+TEST_F(ObjectStore, BucketRules) {
   for (const std::string& good : std::vector<std::string>{"abc", "my-bucket.1", "a.b-c", "0ab", std::string(63, 'a'),
                                  "1.2.3.4a", "10.0.0"}) {
     EXPECT_TRUE(store_->create_bucket("acme", good)) << good;
@@ -339,7 +340,7 @@ std::vector<std::string> keys_of(const ListResult& r) {
   return out;
 }
 
-TEST_F(ObjectStoreTest, ListPrefixDelimiterStartAfter) {
+TEST_F(ObjectStore, ListPrefixDelimiterStartAfter) {
   const std::vector<std::string> keys = {"a/1", "a/2", "a/b/1", "a/b/2", "b", "c/x", "c/y", "d",
                                          "e/f/g"};
   for (const auto& k : keys) ASSERT_TRUE(put("bkt", k, k));
@@ -387,10 +388,10 @@ TEST_F(ObjectStoreTest, ListPrefixDelimiterStartAfter) {
   EXPECT_EQ(store_->list_objects("nobucket", {}).error(), ObjErrc::no_such_bucket);
 }
 
-TEST_F(ObjectStoreTest, ListPagesWithMaxKeysAndNextMarker) {
+TEST_F(ObjectStore, ListPagesWithMaxKeysAndNextMarker) {
   std::vector<std::string> keys;
-  for (int i = 0; i < 30; ++i) keys.push_back("k" + std::to_string(100 + i));
-  for (int i = 0; i < 40; ++i) keys.push_back("dir/" + std::to_string(100 + i));
+  for (int i = 0; i < 30; ++i) keys.push_back(std::string("k").append(std::to_string(100 + i)));
+  for (int i = 0; i < 40; ++i) keys.push_back(std::string("dir/").append(std::to_string(100 + i)));
   for (int i = 0; i < 5; ++i) keys.push_back("other/" + std::to_string(i) + "/x");
   for (const auto& k : keys) ASSERT_TRUE(put("bkt", k, "v"));
 
@@ -435,7 +436,7 @@ TEST_F(ObjectStoreTest, ListPagesWithMaxKeysAndNextMarker) {
   EXPECT_TRUE(e.next_marker.empty());
 }
 
-TEST_F(ObjectStoreTest, CommitChecksSizeAndDigest) {
+TEST_F(ObjectStore, CommitChecksSizeAndDigest) {
   auto w = store_->put_object("bkt", "k");
   ASSERT_TRUE(w);
   ASSERT_TRUE(w.value()->write("abc", 3));
@@ -457,7 +458,7 @@ TEST_F(ObjectStoreTest, CommitChecksSizeAndDigest) {
   EXPECT_EQ(tmp_files(), 0u);
 }
 
-TEST_F(ObjectStoreTest, UncommittedWriterLeavesNothing) {
+TEST_F(ObjectStore, UncommittedWriterLeavesNothing) {
   std::mt19937_64 rng(test_seed() + 3);
   {
     auto w = store_->put_object("bkt", "abandoned");
@@ -471,7 +472,7 @@ TEST_F(ObjectStoreTest, UncommittedWriterLeavesNothing) {
   EXPECT_EQ(store_->head_object("bkt", "abandoned").error(), ObjErrc::no_such_key);
 }
 
-std::string upload_part(ObjectStore& store, const std::string& key, const std::string& upload,
+std::string upload_part(objectd::ObjectStore& store, const std::string& key, const std::string& upload,
                         uint32_t number, const std::string& data) {
   auto w = store.upload_part("bkt", key, upload, number);
   EXPECT_TRUE(w);
@@ -485,7 +486,7 @@ std::string upload_part(ObjectStore& store, const std::string& key, const std::s
   return done ? done.value().etag : "";
 }
 
-TEST_F(ObjectStoreTest, MultipartUploadComplete) {
+TEST_F(ObjectStore, MultipartUploadComplete) {
   std::mt19937_64 rng(test_seed() + 4);
   ObjectMeta meta;
   meta.content_type = "video/mp4";
@@ -556,7 +557,7 @@ TEST_F(ObjectStoreTest, MultipartUploadComplete) {
   EXPECT_EQ(get("bkt", "movie").value(), "small now");
 }
 
-TEST_F(ObjectStoreTest, MultipartErrors) {
+TEST_F(ObjectStore, MultipartErrors) {
   std::mt19937_64 rng(test_seed() + 5);
   auto upload = store_->create_multipart("bkt", "obj", {});
   ASSERT_TRUE(upload);
@@ -613,7 +614,7 @@ TEST_F(ObjectStoreTest, MultipartErrors) {
   EXPECT_EQ(tmp_files(), 0u);
 }
 
-TEST_F(ObjectStoreTest, PartWriterOutlivingAbortIsRolledBack) {
+TEST_F(ObjectStore, PartWriterOutlivingAbortIsRolledBack) {
   auto upload = store_->create_multipart("bkt", "obj", {});
   ASSERT_TRUE(upload);
   auto w = store_->upload_part("bkt", "obj", upload.value(), 1);
@@ -628,7 +629,7 @@ TEST_F(ObjectStoreTest, PartWriterOutlivingAbortIsRolledBack) {
   EXPECT_EQ(tmp_files(), 0u);
 }
 
-TEST_F(ObjectStoreTest, TenantsAndKeys) {
+TEST_F(ObjectStore, TenantsAndKeys) {
   auto root = store_->ensure_root_key("", "");
   ASSERT_TRUE(root);
   EXPECT_TRUE(root.value().root);
@@ -668,7 +669,7 @@ TEST_F(ObjectStoreTest, TenantsAndKeys) {
   EXPECT_EQ(store_->list_tenants(), (std::vector<std::string>{"acme", "root"}));
 }
 
-TEST_F(ObjectStoreTest, ReopenKeepsEverything) {
+TEST_F(ObjectStore, ReopenKeepsEverything) {
   std::mt19937_64 rng(test_seed() + 6);
   std::string data = random_bytes(123457, rng);
   ASSERT_TRUE(put("bkt", "persist", data));
@@ -681,7 +682,7 @@ TEST_F(ObjectStoreTest, ReopenKeepsEverything) {
   EXPECT_EQ(store_->drives_online(), 6);
 }
 
-TEST_F(ObjectStoreTest, ExplicitDrivesAndOtherCodes) {
+TEST_F(ObjectStore, ExplicitDrivesAndOtherCodes) {
   // 2+1 over explicitly listed drive directories (which must exist; they are never created).
   auto o = options();
   o.data_dir = dir_.path() + "/explicit";
@@ -689,7 +690,7 @@ TEST_F(ObjectStoreTest, ExplicitDrivesAndOtherCodes) {
   o.parity_shards = 1;
   for (int i = 0; i < 3; ++i) o.drives.push_back(dir_.path() + "/mnt" + std::to_string(i));
   store_.reset();
-  EXPECT_EQ(ObjectStore::open(o).error(), ObjErrc::quorum_lost);  // none exist
+  EXPECT_EQ(objectd::ObjectStore::open(o).error(), ObjErrc::quorum_lost);  // none exist
   for (const auto& d : o.drives) fs::create_directories(d);
   open(o);
   ASSERT_TRUE(store_->create_tenant("t"));
@@ -719,17 +720,17 @@ TEST_F(ObjectStoreTest, ExplicitDrivesAndOtherCodes) {
   o.parity_shards = 2;
   o.drives.push_back(dir_.path() + "/mnt3");
   fs::create_directories(o.drives.back());
-  EXPECT_EQ(ObjectStore::open(o).error(), ObjErrc::invalid_argument);
+  EXPECT_EQ(objectd::ObjectStore::open(o).error(), ObjErrc::invalid_argument);
   // Bad options.
   o = options();
   o.data_shards = 0;
-  EXPECT_EQ(ObjectStore::open(o).error(), ObjErrc::invalid_argument);
+  EXPECT_EQ(objectd::ObjectStore::open(o).error(), ObjErrc::invalid_argument);
   o = options();
   o.shard_block_bytes = 0;
-  EXPECT_EQ(ObjectStore::open(o).error(), ObjErrc::invalid_argument);
+  EXPECT_EQ(objectd::ObjectStore::open(o).error(), ObjErrc::invalid_argument);
 }
 
-TEST_F(ObjectStoreTest, ConcurrentWritersOfOneKeyLeaveOneVersion) {
+TEST_F(ObjectStore, ConcurrentWritersOfOneKeyLeaveOneVersion) {
   std::mt19937_64 rng(test_seed() + 8);
   std::vector<std::string> datas;
   for (int i = 0; i < 4; ++i) datas.push_back(random_bytes(20000 + i, rng));
@@ -747,4 +748,4 @@ TEST_F(ObjectStoreTest, ConcurrentWritersOfOneKeyLeaveOneVersion) {
 }
 
 }  // namespace
-}  // namespace cairn::objectd
+}  // namespace cairn::objectd::store_test
