@@ -36,6 +36,7 @@ constexpr size_t kReadBufferBytes = 64 * 1024;
 constexpr uint32_t kInflightMax = 128;
 constexpr uint64_t kInflightBytesMax = 64ull << 20;
 constexpr unsigned kOptionsMax = 256;   // options per handshake before we give up on a client
+constexpr uint64_t kHandshakeTimeoutNs = 30ull * 1000 * 1000 * 1000;
 constexpr size_t kIovMax = 256;         // iovecs per sendmsg
 
 struct FreeDeleter {
@@ -153,7 +154,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   static Task<void> run(std::shared_ptr<Connection> self) {
     NbdMetrics::get().connections.add(1);
-    if (bool ok = co_await self->handshake(); ok) co_await self->transmission();
+    spawn(handshake_deadline(self, self->r_));
+    bool entered = co_await self->handshake();
+    self->handshake_done_ = true;
+    if (entered) co_await self->transmission();
     co_await self->drain();
     self->srv_.unregister_fd(self->fd_);
     ::close(self->fd_);
@@ -163,6 +167,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
  private:
+  // A client must finish the handshake within kHandshakeTimeoutNs, or its connection is
+  // shut down: a silent client cannot hold a connection slot forever. Holds only a weak
+  // reference so a closed connection is freed at once.
+  static Task<void> handshake_deadline(std::weak_ptr<Connection> weak, Reactor& r) {
+    co_await r.sleep_ns(kHandshakeTimeoutNs);
+    if (auto c = weak.lock(); c && !c->handshake_done_) {
+      CAIRN_LOG_INFO(kLog, "handshake not finished within %llu s: closing",
+                     static_cast<unsigned long long>(kHandshakeTimeoutNs / 1000000000ull));
+      ::shutdown(c->fd_, SHUT_RDWR);
+    }
+  }
+
   // ---- socket helpers ----
   Task<bool> read_exact(void* dst, size_t n) {
     auto* out = static_cast<uint8_t*>(dst);
@@ -796,6 +812,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t inflight_bytes_ = 0;
   bool writing_ = false;
   bool dead_ = false;
+  bool handshake_done_ = false;
   std::deque<Reply> queue_;
   std::coroutine_handle<> slot_waiter_;
   std::coroutine_handle<> idle_waiter_;
