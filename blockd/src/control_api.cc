@@ -219,10 +219,54 @@ cairn::v1::Volume to_proto(const VolumeInfo& v) {
   out.set_created_unix_s(v.created_unix_s);
   out.set_attached_connections(v.attached_connections);
   out.set_nbd_export(v.name);
+  out.set_exclusive_bytes(v.exclusive_bytes);
+  out.set_shared_bytes(v.shared_bytes);
+  out.set_parent(v.parent);
+  return out;
+}
+
+std::string snapshot_ref(std::string_view volume, std::string_view snapshot) {
+  return std::string(volume) + "@" + std::string(snapshot);
+}
+
+cairn::v1::Snapshot to_proto(const SnapshotInfo& s) {
+  cairn::v1::Snapshot out;
+  out.set_name(s.name);
+  out.set_volume(s.volume);
+  out.set_id(s.id);
+  out.set_created_unix_s(s.created_unix_s);
+  out.set_size_bytes(s.size_bytes);
+  out.set_exclusive_bytes(s.exclusive_bytes);
+  out.set_shared_bytes(s.shared_bytes);
+  out.set_clones(s.clones);
+  out.set_nbd_export(snapshot_ref(s.volume, s.name));
+  return out;
+}
+
+// Query parameters in order, values percent-decoded; a key without '=' has value "true".
+// nullopt when a value is not valid percent-encoding.
+std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(
+    std::string_view query) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto kv : split(query, '&')) {
+    if (kv.empty()) continue;
+    size_t eq = kv.find('=');
+    auto key = percent_decode(kv.substr(0, eq));
+    auto value = percent_decode(eq == std::string_view::npos ? "true" : kv.substr(eq + 1));
+    if (!key || !value) return std::nullopt;
+    out.emplace_back(std::move(*key), std::move(*value));
+  }
   return out;
 }
 
 std::string in_quotes(std::string_view s) { return "\"" + std::string(s) + "\""; }
+
+Reply invalid_name(std::string_view kind, std::string_view name) {
+  return error_reply(http::status::bad_request, "invalid_argument",
+                     "invalid " + std::string(kind) + " name " + in_quotes(name) + ": use 1-" +
+                         std::to_string(kVolumeNameMaxBytes) +
+                         " characters [A-Za-z0-9._-], starting with a letter or digit");
+}
 
 }  // namespace
 
@@ -547,6 +591,30 @@ class ControlApi::Impl {
         if (method != http::verb::post) return method_not_allowed("POST");
         return resize_volume(seg[2], req.body());
       }
+      if (seg.size() == 4 && seg[3] == "flatten") {
+        if (method != http::verb::post) return method_not_allowed("POST");
+        return flatten_volume(seg[2], req.body());
+      }
+      if (seg.size() == 4 && seg[3] == "diff") {
+        if (method != http::verb::get) return method_not_allowed("GET");
+        return diff(seg[2], query);
+      }
+      if (seg.size() >= 4 && seg[3] == "snapshots") {
+        if (seg.size() == 4) {
+          if (method == http::verb::get) return list_snapshots(seg[2]);
+          if (method == http::verb::post) return create_snapshot(seg[2], req.body());
+          return method_not_allowed("GET, POST");
+        }
+        if (seg.size() == 5) {
+          if (method == http::verb::get) return get_snapshot(seg[2], seg[4]);
+          if (method == http::verb::delete_) return delete_snapshot(seg[2], seg[4]);
+          return method_not_allowed("GET, DELETE");
+        }
+        if (seg.size() == 6 && seg[5] == "clone") {
+          if (method != http::verb::post) return method_not_allowed("POST");
+          return clone_volume(seg[2], seg[4], req.body());
+        }
+      }
     }
     return error_reply(http::status::not_found, "not_found", "no such path " + in_quotes(path));
   }
@@ -587,12 +655,7 @@ class ControlApi::Impl {
   Reply create_volume(const std::string& body) {
     cairn::v1::CreateVolumeRequest req;
     if (auto bad = parse_body(body, req)) return *bad;
-    if (!valid_volume_name(req.name())) {
-      return error_reply(http::status::bad_request, "invalid_argument",
-                         "invalid volume name " + in_quotes(req.name()) + ": use 1-" +
-                             std::to_string(kVolumeNameMaxBytes) +
-                             " characters [A-Za-z0-9._-], starting with a letter or digit");
-    }
+    if (!valid_volume_name(req.name())) return invalid_name("volume", req.name());
     if (req.size_bytes() == 0) {
       return error_reply(http::status::bad_request, "invalid_argument",
                          "sizeBytes must be greater than 0");
@@ -656,6 +719,145 @@ class ControlApi::Impl {
     Reply r;
     r.status = http::status::no_content;
     return r;
+  }
+
+  // An engine failure of operation `what` (e.g. `create snapshot "db@s1"`) on `volume`.
+  Reply engine_error(const std::error_code& ec, const std::string& what,
+                     const std::string& volume) {
+    std::string msg = what + ": " + ec.message();
+    if (ec == Errc::not_found && !store_.get_volume(volume)) {
+      msg = what + ": no volume " + in_quotes(volume);
+    } else if (ec == Errc::unsupported) {
+      msg += " (this blockd's volume engine does not implement snapshots, clones or diff yet)";
+    }
+    return error_reply(ec, std::move(msg));
+  }
+
+  Result<std::vector<SnapshotInfo>> sorted_snapshots(const std::string& volume) {
+    auto list = store_.list_snapshots(volume);
+    if (!list) return list.error();
+    std::sort(list.value().begin(), list.value().end(),
+              [](const SnapshotInfo& a, const SnapshotInfo& b) {
+                return a.seq != b.seq ? a.seq < b.seq : a.id < b.id;
+              });
+    return list;
+  }
+
+  Reply create_snapshot(const std::string& volume, const std::string& body) {
+    cairn::v1::CreateSnapshotRequest req;
+    if (auto bad = parse_body(body, req)) return *bad;
+    if (!valid_volume_name(req.name())) return invalid_name("snapshot", req.name());
+    const std::string ref = snapshot_ref(volume, req.name());
+    auto s = store_.create_snapshot(volume, req.name());
+    if (!s) return engine_error(s.error(), "create snapshot " + in_quotes(ref), volume);
+    CAIRN_LOG_INFO(kLog, "created snapshot %s", ref.c_str());
+    return json_reply(http::status::created, to_proto(s.value()));
+  }
+
+  Reply list_snapshots(const std::string& volume) {
+    auto list = sorted_snapshots(volume);
+    if (!list) return engine_error(list.error(), "snapshots of " + in_quotes(volume), volume);
+    cairn::v1::ListSnapshotsResponse out;
+    for (const SnapshotInfo& s : list.value()) *out.add_snapshots() = to_proto(s);
+    return json_reply(http::status::ok, out);
+  }
+
+  Reply get_snapshot(const std::string& volume, const std::string& snapshot) {
+    const std::string what = "snapshot " + in_quotes(snapshot_ref(volume, snapshot));
+    auto list = store_.list_snapshots(volume);
+    if (!list) return engine_error(list.error(), what, volume);
+    for (const SnapshotInfo& s : list.value())
+      if (s.name == snapshot) return json_reply(http::status::ok, to_proto(s));
+    return error_reply(Errc::not_found, what + ": not found");
+  }
+
+  Reply delete_snapshot(const std::string& volume, const std::string& snapshot) {
+    const std::string ref = snapshot_ref(volume, snapshot);
+    auto st = store_.delete_snapshot(volume, snapshot);
+    if (!st) {
+      if (st.error() != Errc::busy)
+        return engine_error(st.error(), "delete snapshot " + in_quotes(ref), volume);
+      // Say why: the engine refuses while clones depend on it or while it is exported.
+      std::string why = " (exported over NBD as " + in_quotes(ref) + "; disconnect its clients)";
+      if (auto list = store_.list_snapshots(volume)) {
+        for (const SnapshotInfo& s : list.value()) {
+          if (s.name == snapshot && s.clones > 0) {
+            why = " (" + std::to_string(s.clones) +
+                  " clone(s) depend on it; flatten or delete them first)";
+          }
+        }
+      }
+      return error_reply(st.error(),
+                         "delete snapshot " + in_quotes(ref) + ": " + st.error().message() + why);
+    }
+    CAIRN_LOG_INFO(kLog, "deleted snapshot %s", ref.c_str());
+    Reply r;
+    r.status = http::status::no_content;
+    return r;
+  }
+
+  Reply clone_volume(const std::string& volume, const std::string& snapshot,
+                     const std::string& body) {
+    cairn::v1::CloneVolumeRequest req;
+    if (auto bad = parse_body(body, req)) return *bad;
+    if (!valid_volume_name(req.name())) return invalid_name("volume", req.name());
+    const std::string ref = snapshot_ref(volume, snapshot);
+    auto v = store_.clone_volume(volume, snapshot, req.name());
+    if (!v) {
+      return engine_error(v.error(),
+                          "clone " + in_quotes(ref) + " to " + in_quotes(req.name()), volume);
+    }
+    CAIRN_LOG_INFO(kLog, "cloned %s to volume %s", ref.c_str(), req.name().c_str());
+    return json_reply(http::status::created, to_proto(v.value()));
+  }
+
+  Reply flatten_volume(const std::string& volume, const std::string& body) {
+    cairn::v1::FlattenVolumeRequest req;
+    if (body.find_first_not_of(" \t\r\n") != std::string::npos) {
+      if (auto bad = parse_body(body, req)) return *bad;
+    }
+    const std::string what = "flatten volume " + in_quotes(volume);
+    auto st = store_.flatten_volume(volume);
+    if (!st) return engine_error(st.error(), what, volume);
+    auto v = store_.get_volume(volume);
+    if (!v) return engine_error(v.error(), what, volume);
+    CAIRN_LOG_INFO(kLog, "flattened volume %s", volume.c_str());
+    return json_reply(http::status::ok, to_proto(v.value()));
+  }
+
+  Reply diff(const std::string& volume, std::string_view query) {
+    auto params = parse_query(query);
+    if (!params) {
+      return error_reply(http::status::bad_request, "invalid_argument",
+                         "malformed query string " + in_quotes(query));
+    }
+    std::string from, to;
+    for (auto& [key, value] : *params) {
+      if (key == "from") from = value;
+      if (key == "to") to = value;
+    }
+    if (!from.empty() && !valid_volume_name(from)) return invalid_name("snapshot", from);
+    if (!to.empty() && !valid_volume_name(to)) return invalid_name("snapshot", to);
+    auto runs = store_.diff(volume, from, to);
+    if (!runs) {
+      return engine_error(runs.error(),
+                          "diff " + in_quotes(volume) + " from " +
+                              (from.empty() ? "empty" : in_quotes(snapshot_ref(volume, from))) +
+                              " to " + (to.empty() ? "live" : in_quotes(snapshot_ref(volume, to))),
+                          volume);
+    }
+    cairn::v1::DiffResponse out;
+    uint64_t changed_bytes = 0, zeroed_bytes = 0;
+    for (const DiffRun& r : runs.value()) {
+      auto* run = out.add_runs();
+      run->set_offset_bytes(r.offset_bytes);
+      run->set_length_bytes(r.length_bytes);
+      run->set_zero(r.zero);
+      (r.zero ? zeroed_bytes : changed_bytes) += r.length_bytes;
+    }
+    out.set_changed_bytes(changed_bytes);
+    out.set_zeroed_bytes(zeroed_bytes);
+    return json_reply(http::status::ok, out);
   }
 
   VolumeStore& store_;

@@ -29,6 +29,54 @@ bool parse_extent_key(std::string_view key, uint64_t* volume_id, uint64_t* logic
   return true;
 }
 
+namespace {
+
+std::string key3(char tag, uint64_t a, uint64_t b, uint64_t c) {
+  std::string k(25, '\0');
+  auto* p = reinterpret_cast<uint8_t*>(k.data());
+  p[0] = static_cast<uint8_t>(tag);
+  put_be64(p + 1, a);
+  put_be64(p + 9, b);
+  put_be64(p + 17, c);
+  return k;
+}
+
+std::string prefix1(char tag, uint64_t a) {
+  std::string k(9, '\0');
+  auto* p = reinterpret_cast<uint8_t*>(k.data());
+  p[0] = static_cast<uint8_t>(tag);
+  put_be64(p + 1, a);
+  return k;
+}
+
+bool parse3(std::string_view key, char tag, uint64_t* a, uint64_t* b, uint64_t* c) {
+  if (key.size() != 25 || key[0] != tag) return false;
+  const auto* p = reinterpret_cast<const uint8_t*>(key.data());
+  *a = get_be64(p + 1);
+  *b = get_be64(p + 9);
+  *c = get_be64(p + 17);
+  return true;
+}
+
+}  // namespace
+
+std::string version_key(uint64_t volume_id, uint64_t logical_extent, uint64_t death_seq) {
+  return key3(kVersionKeyTag, volume_id, logical_extent, death_seq);
+}
+std::string version_key_prefix(uint64_t volume_id) { return prefix1(kVersionKeyTag, volume_id); }
+bool parse_version_key(std::string_view key, uint64_t* volume_id, uint64_t* logical_extent,
+                       uint64_t* death_seq) {
+  return parse3(key, kVersionKeyTag, volume_id, logical_extent, death_seq);
+}
+std::string change_key(uint64_t volume_id, uint64_t seq, uint64_t logical_extent) {
+  return key3(kChangeKeyTag, volume_id, seq, logical_extent);
+}
+std::string change_key_prefix(uint64_t volume_id) { return prefix1(kChangeKeyTag, volume_id); }
+bool parse_change_key(std::string_view key, uint64_t* volume_id, uint64_t* seq,
+                      uint64_t* logical_extent) {
+  return parse3(key, kChangeKeyTag, volume_id, seq, logical_extent);
+}
+
 std::string encode_extent_record(const ExtentRecord& rec) {
   std::string v(kExtentRecordBytes, '\0');
   auto* p = reinterpret_cast<uint8_t*>(v.data());
@@ -71,13 +119,26 @@ void ExtentMap::put(uint64_t logical_extent, const ExtentRecord& rec) {
   }
   ExtentRecord& slot = leaf->records[logical_extent & (kLeafSize - 1)];
   if (slot.written != 0) {
-    written_blocks_ -= block_count(slot.written);
+    forget(slot);
   } else {
     ++leaf->count;
-    ++mapped_;
   }
   slot = rec;
-  written_blocks_ += block_count(rec.written);
+  if (rec.is_marker()) {
+    ++markers_;
+  } else {
+    ++mapped_;
+    written_blocks_ += block_count(rec.written);
+  }
+}
+
+void ExtentMap::forget(const ExtentRecord& rec) {
+  if (rec.is_marker()) {
+    --markers_;
+  } else {
+    --mapped_;
+    written_blocks_ -= block_count(rec.written);
+  }
 }
 
 std::optional<ExtentRecord> ExtentMap::erase(uint64_t logical_extent) {
@@ -90,8 +151,7 @@ std::optional<ExtentRecord> ExtentMap::erase(uint64_t logical_extent) {
   if (slot.written == 0) return std::nullopt;
   ExtentRecord rec = slot;
   slot = ExtentRecord{};
-  written_blocks_ -= block_count(rec.written);
-  --mapped_;
+  forget(rec);
   if (--leaf->count == 0) {
     leaf.reset();
     if (--dir.count == 0) top_[t].reset();
@@ -105,6 +165,7 @@ ExtentMap::Records ExtentMap::take_all() {
   for_each([&](uint64_t ext, const ExtentRecord& rec) { out.emplace_back(ext, rec); });
   top_.clear();
   mapped_ = 0;
+  markers_ = 0;
   written_blocks_ = 0;
   return out;
 }

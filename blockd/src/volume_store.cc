@@ -27,33 +27,17 @@ namespace cairn::blockd {
 const char kFormatKey[] = "m/format";
 const char kNextVolumeIdKey[] = "m/next_volume_id";
 const char kVolumeKeyPrefix[] = "v/";
+const char kNextSnapshotIdKey[] = "m/next_snapshot_id";
 
 namespace {
 
 constexpr const char* kLog = "blockd.store";
-constexpr size_t kBufferAlignBytes = 4096;
 constexpr size_t kZeroChunkBytes = 1u << 20;
 
 uint64_t round_down(uint64_t v, uint64_t a) { return v / a * a; }
 uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 bool is_aligned(const void* p, uint64_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
 unsigned long long ull(uint64_t v) { return static_cast<unsigned long long>(v); }
-
-// A heap buffer aligned for O_DIRECT (bounce buffers for misaligned callers and RMW).
-class AlignedBuffer {
- public:
-  explicit AlignedBuffer(size_t n) {
-    if (posix_memalign(&p_, kBufferAlignBytes, std::max<size_t>(n, 1)) != 0) p_ = nullptr;
-  }
-  ~AlignedBuffer() { free(p_); }
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  bool ok() const { return p_ != nullptr; }
-  uint8_t* data() const { return static_cast<uint8_t*>(p_); }
-
- private:
-  void* p_ = nullptr;
-};
 
 // Read-only source of zeros for WRITE_ZEROES without hole (allocated once, never freed).
 const uint8_t* zero_chunk() {
@@ -73,22 +57,20 @@ struct AsyncUnlock {
   ~AsyncUnlock() { mu.unlock(); }
 };
 
-// Blocking work (run_sync over the device, fdatasync) must not run on a Reactor thread: the
-// device would submit to a ring nobody is driving. Runs `fn` on a helper thread there.
-template <class Fn>
-auto off_reactor(Fn fn) -> decltype(fn()) {
-  if (Reactor::current() == nullptr) return fn();
-  std::optional<decltype(fn())> out;
-  std::thread t([&] { out.emplace(fn()); });
-  t.join();
-  return std::move(*out);
-}
+// Releases an AsyncMutex it was armed with, if any.
+class MaybeUnlock {
+ public:
+  MaybeUnlock() = default;
+  MaybeUnlock(const MaybeUnlock&) = delete;
+  MaybeUnlock& operator=(const MaybeUnlock&) = delete;
+  ~MaybeUnlock() {
+    if (mu_ != nullptr) mu_->unlock();
+  }
+  void arm(AsyncMutex& mu) { mu_ = &mu; }
 
-std::string encode_be64(uint64_t v) {
-  std::string s(8, '\0');
-  put_be64(reinterpret_cast<uint8_t*>(s.data()), v);
-  return s;
-}
+ private:
+  AsyncMutex* mu_ = nullptr;
+};
 
 std::string encode_be32(uint32_t v) {
   std::string s(4, '\0');
@@ -99,13 +81,26 @@ std::string encode_be32(uint32_t v) {
   return s;
 }
 
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Shared internals (store_impl.h)
+
+AlignedBuffer::AlignedBuffer(size_t n) {
+  if (posix_memalign(&p_, kBufferAlignBytes, std::max<size_t>(n, 1)) != 0) p_ = nullptr;
+}
+
+std::string encode_be64(uint64_t v) {
+  std::string s(8, '\0');
+  put_be64(reinterpret_cast<uint8_t*>(s.data()), v);
+  return s;
+}
+
 Status db_status(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return ok();
   CAIRN_LOG_ERROR(kLog, "metadata %s failed: %s", what, s.ToString().c_str());
   return Errc::io_error;
 }
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------
 // Records and names
@@ -113,17 +108,21 @@ Status db_status(const rocksdb::Status& s, const char* what) {
 std::string encode_volume_record(const VolumeRecord& rec) {
   std::string v(kVolumeRecordBytes, '\0');
   auto* p = reinterpret_cast<uint8_t*>(v.data());
-  p[0] = 1;  // record layout version
+  p[0] = 2;  // record layout version
   put_be64(p + 1, rec.id);
   put_be64(p + 9, rec.size_bytes);
   put_be64(p + 17, static_cast<uint64_t>(rec.created_unix_s));
   put_be64(p + 25, rec.seq);
   p[33] = rec.deleting ? 1 : 0;
+  put_be64(p + 34, rec.parent_volume_id);
+  put_be64(p + 42, rec.parent_snapshot_id);
   return v;
 }
 
 Result<VolumeRecord> decode_volume_record(std::string_view value) {
-  if (value.size() != kVolumeRecordBytes || value[0] != 1) return Errc::corrupt;
+  const bool v1 = value.size() == kVolumeRecordV1Bytes && value[0] == 1;
+  const bool v2 = value.size() == kVolumeRecordBytes && value[0] == 2;
+  if (!v1 && !v2) return Errc::corrupt;
   const auto* p = reinterpret_cast<const uint8_t*>(value.data());
   VolumeRecord rec;
   rec.id = get_be64(p + 1);
@@ -131,6 +130,52 @@ Result<VolumeRecord> decode_volume_record(std::string_view value) {
   rec.created_unix_s = static_cast<int64_t>(get_be64(p + 17));
   rec.seq = get_be64(p + 25);
   rec.deleting = (p[33] & 1) != 0;
+  if (v2) {
+    rec.parent_volume_id = get_be64(p + 34);
+    rec.parent_snapshot_id = get_be64(p + 42);
+  }
+  return rec;
+}
+
+std::string snapshot_key(uint64_t volume_id, uint64_t snapshot_id) {
+  std::string k(17, '\0');
+  auto* p = reinterpret_cast<uint8_t*>(k.data());
+  p[0] = static_cast<uint8_t>(kSnapshotKeyTag);
+  put_be64(p + 1, volume_id);
+  put_be64(p + 9, snapshot_id);
+  return k;
+}
+
+std::string snapshot_key_prefix(uint64_t volume_id) {
+  std::string k(9, '\0');
+  auto* p = reinterpret_cast<uint8_t*>(k.data());
+  p[0] = static_cast<uint8_t>(kSnapshotKeyTag);
+  put_be64(p + 1, volume_id);
+  return k;
+}
+
+std::string encode_snapshot_record(const SnapshotRecord& rec) {
+  std::string v(34, '\0');
+  auto* p = reinterpret_cast<uint8_t*>(v.data());
+  p[0] = 1;  // record layout version
+  put_be64(p + 1, rec.id);
+  put_be64(p + 9, rec.seq);
+  put_be64(p + 17, rec.size_bytes);
+  put_be64(p + 25, static_cast<uint64_t>(rec.created_unix_s));
+  p[33] = static_cast<uint8_t>(rec.name.size());
+  return v + rec.name;
+}
+
+Result<SnapshotRecord> decode_snapshot_record(std::string_view value) {
+  if (value.size() < 34 || value[0] != 1) return Errc::corrupt;
+  const auto* p = reinterpret_cast<const uint8_t*>(value.data());
+  if (value.size() != 34u + p[33]) return Errc::corrupt;
+  SnapshotRecord rec;
+  rec.id = get_be64(p + 1);
+  rec.seq = get_be64(p + 9);
+  rec.size_bytes = get_be64(p + 17);
+  rec.created_unix_s = static_cast<int64_t>(get_be64(p + 25));
+  rec.name.assign(value.substr(34));
   return rec;
 }
 
@@ -195,26 +240,45 @@ VolumeCore::VolumeCore(StoreImpl& store, std::string name, const VolumeRecord& r
       size_bytes_(rec.size_bytes),
       seq_(rec.seq) {}
 
-VolumeInfo VolumeCore::info() {
+VolumeInfo VolumeCore::info(bool parent_accounting) {
   VolumeInfo info;
   info.id = id_;
   info.name = name_;
   info.size_bytes = size_bytes();
-  info.allocated_bytes = written_blocks() * kBlockSizeBytes;
   info.extent_size_bytes = kExtentSizeBytes;
   info.created_unix_s = created_unix_s_;
   info.attached_connections = attached();
+  std::lock_guard lk(map_mu_);
+  const uint64_t written = map_.written_blocks();
+  info.allocated_bytes = written * kBlockSizeBytes;
+  info.exclusive_bytes = (written - shared_blocks_) * kBlockSizeBytes;
+  uint64_t shared = shared_blocks_;
+  if (parent_) {
+    info.parent = parent_->name() + "@" + parent_snap_->name;
+    // What the clone still reads from its parent snapshot is shared with it (O(parent view)).
+    if (parent_accounting && load_parent_view_locked()) {
+      for (const auto& [ext, rec] : parent_view_)
+        if (map_.find(ext) == nullptr) shared += block_count(rec.data_blocks());
+    }
+  }
+  info.shared_bytes = shared * kBlockSizeBytes;
   return info;
 }
 
 VolumeRecord VolumeCore::record() {
+  std::lock_guard lk(map_mu_);
+  return record_locked();
+}
+
+VolumeRecord VolumeCore::record_locked() {
   VolumeRecord rec;
   rec.id = id_;
   rec.size_bytes = size_bytes();
   rec.created_unix_s = created_unix_s_;
-  {
-    std::lock_guard lk(map_mu_);
-    rec.seq = seq_;
+  rec.seq = seq_;
+  if (parent_) {
+    rec.parent_volume_id = parent_->id();
+    rec.parent_snapshot_id = parent_snap_->id;
   }
   rec.deleting = deleting_;
   return rec;
@@ -230,6 +294,41 @@ size_t VolumeCore::mapped_extents() {
   return map_.mapped_extents();
 }
 
+void VolumeCore::map_set_locked(uint64_t ext, const std::optional<ExtentRecord>& rec) {
+  if (const ExtentRecord* old = map_.find(ext); old != nullptr && shared_locked(*old))
+    shared_blocks_ -= block_count(old->written);
+  if (rec) {
+    map_.put(ext, *rec);
+    if (shared_locked(*rec)) shared_blocks_ += block_count(rec->written);
+  } else {
+    map_.erase(ext);
+  }
+}
+
+void VolumeCore::recompute_shared_locked() {
+  uint64_t n = 0;
+  map_.for_each([&](uint64_t, const ExtentRecord& r) {
+    if (shared_locked(r)) n += block_count(r.written);
+  });
+  shared_blocks_ = n;
+}
+
+void VolumeCore::note_change_locked(rocksdb::WriteBatch& batch, uint64_t ext,
+                                    const ExtentRecord* old) {
+  // A diff asks only for seqs after an existing snapshot's seq; a snapshot can only appear
+  // with a new seq, so without snapshots now no diff will ever ask for this seq. A record
+  // born in this seq while snapshots existed already put the key.
+  if (snaps_.empty()) return;
+  if (old != nullptr && old->birth_seq == seq_) return;
+  batch.Put(change_key(id_, seq_, ext), rocksdb::Slice());
+}
+
+std::shared_ptr<SnapState> VolumeCore::snapshot_by_name_locked(const std::string& name) {
+  for (auto& [seq, s] : snaps_)
+    if (s->name == name) return s;
+  return nullptr;
+}
+
 Status VolumeCore::check_io(uint64_t offset, uint64_t length) const {
   if (!alive()) return Errc::not_found;
   const uint64_t size = size_bytes();
@@ -237,23 +336,103 @@ Status VolumeCore::check_io(uint64_t offset, uint64_t length) const {
   return ok();
 }
 
-Task<Status> VolumeCore::read(uint64_t offset, uint64_t length, void* buf) {
-  CAIRN_CO_TRY(check_io(offset, length));
+Status VolumeCore::check_view_io(uint64_t seq, uint64_t offset, uint64_t length) {
+  if (seq == kLiveSeq) return check_io(offset, length);
+  if (!alive()) return Errc::not_found;
+  uint64_t size = 0;
+  {
+    std::lock_guard lk(map_mu_);
+    auto it = snaps_.find(seq);
+    if (it == snaps_.end()) return Errc::not_found;
+    size = it->second->size_bytes;
+  }
+  if (offset > size || length > size - offset) return Errc::out_of_range;
+  return ok();
+}
+
+// ---------------------------------------------------------------------------------------
+// VolumeCore: write gate
+
+bool VolumeCore::GateAwaiter::await_suspend(std::coroutine_handle<> h) noexcept {
+  // Fast path: count ourselves in, then look at the gate.
+  core.gate_inflight_.fetch_add(1, std::memory_order_seq_cst);
+  if (!core.gate_closed_.load(std::memory_order_seq_cst)) return false;
+  core.gate_leave();  // closed: step back out (waking the closer if we were the last)
+  std::unique_lock lk(core.gate_mu_);
+  if (!core.gate_closed_.load(std::memory_order_seq_cst)) {  // reopened meanwhile
+    core.gate_inflight_.fetch_add(1, std::memory_order_seq_cst);
+    return false;
+  }
+  reactor = Reactor::current();
+  if (reactor == nullptr) {  // a plain thread (run_sync): block it until the gate opens
+    core.gate_cv_.wait(lk, [&] { return !core.gate_closed_.load(std::memory_order_seq_cst); });
+    core.gate_inflight_.fetch_add(1, std::memory_order_seq_cst);
+    return false;
+  }
+  handle = h;
+  core.gate_waiters_.push_back(this);  // admitted (and counted) by gate_open
+  return true;
+}
+
+void VolumeCore::gate_leave() {
+  const uint64_t before = gate_inflight_.fetch_sub(1, std::memory_order_seq_cst);
+  CAIRN_ASSERT(before > 0);
+  if (before == 1 && gate_closed_.load(std::memory_order_seq_cst)) {
+    std::lock_guard lk(gate_mu_);  // no lost wake-up: the closer checks under this mutex
+    gate_cv_.notify_all();
+  }
+}
+
+bool VolumeCore::gate_close_and_drain(std::chrono::steady_clock::duration timeout) {
+  std::unique_lock lk(gate_mu_);
+  CAIRN_ASSERT(!gate_closed_.load());
+  gate_closed_.store(true, std::memory_order_seq_cst);
+  if (gate_cv_.wait_for(lk, timeout, [&] {
+        return gate_inflight_.load(std::memory_order_seq_cst) == 0;
+      }))
+    return true;
+  lk.unlock();
+  gate_open();
+  return false;
+}
+
+void VolumeCore::gate_open() {
+  std::vector<GateAwaiter*> waiters;
+  {
+    std::lock_guard lk(gate_mu_);
+    waiters.swap(gate_waiters_);
+    gate_inflight_.fetch_add(waiters.size(), std::memory_order_seq_cst);  // admitted now
+    gate_closed_.store(false, std::memory_order_seq_cst);
+  }
+  gate_cv_.notify_all();  // plain threads blocked in await_suspend
+  for (GateAwaiter* w : waiters) {
+    Reactor* r = w->reactor;
+    std::coroutine_handle<> h = w->handle;  // `w` lives in the waiter's frame
+    r->resume_on(h);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// VolumeCore: I/O
+
+Task<Status> VolumeCore::read(uint64_t seq, uint64_t offset, uint64_t length, void* buf) {
+  CAIRN_CO_TRY(check_view_io(seq, offset, length));
   if (length == 0) co_return ok();
   EpochGuard epoch(store_.epochs());
   const uint64_t a = store_.device().alignment_bytes();
   if (offset % a == 0 && length % a == 0 && is_aligned(buf, a))
-    co_return co_await read_aligned(offset, length, static_cast<uint8_t*>(buf));
+    co_return co_await read_aligned(seq, offset, length, static_cast<uint8_t*>(buf));
   const uint64_t a0 = round_down(offset, a);
   const uint64_t a1 = round_up(offset + length, a);
   AlignedBuffer bounce(a1 - a0);
   if (!bounce.ok()) co_return errno_code(ENOMEM);
-  CAIRN_CO_TRY(co_await read_aligned(a0, a1 - a0, bounce.data()));
+  CAIRN_CO_TRY(co_await read_aligned(seq, a0, a1 - a0, bounce.data()));
   std::memcpy(buf, bounce.data() + (offset - a0), length);
   co_return ok();
 }
 
-Task<Status> VolumeCore::read_aligned(uint64_t offset, uint64_t length, uint8_t* buf) {
+Task<Status> VolumeCore::read_aligned(uint64_t seq, uint64_t offset, uint64_t length,
+                                      uint8_t* buf) {
   std::vector<Seg> reads;
   std::vector<Seg> zeros;
   auto add = [](std::vector<Seg>& v, uint64_t dev_off, uint64_t len, uint8_t* p) {
@@ -262,31 +441,56 @@ Task<Status> VolumeCore::read_aligned(uint64_t offset, uint64_t length, uint8_t*
     else
       v.push_back({dev_off, len, p});
   };
-  {
+  const uint64_t end = offset + length;
+  // One extent's part [pos, ext_end) as `rec` (null or a marker: zeros) maps it.
+  auto add_extent = [&](uint64_t pos, uint64_t ext_start, uint64_t ext_end,
+                        const ExtentRecord* rec) {
+    if (rec == nullptr || rec->is_marker()) {
+      add(zeros, pos, ext_end - pos, buf + (pos - offset));
+      return;
+    }
+    while (pos < ext_end) {
+      const uint64_t b = (pos - ext_start) / kBlockSizeBytes;
+      const uint64_t bend = std::min(ext_end, ext_start + (b + 1) * kBlockSizeBytes);
+      if (rec->written & (1u << b)) {
+        add(reads, rec->phys_extent * kExtentSizeBytes + (pos - ext_start), bend - pos,
+            buf + (pos - offset));
+      } else {
+        add(zeros, pos, bend - pos, buf + (pos - offset));
+      }
+      pos = bend;
+    }
+  };
+  if (seq == kLiveSeq) {
     std::lock_guard lk(map_mu_);
     if (!alive()) co_return Errc::not_found;
-    const uint64_t end = offset + length;
     for (uint64_t pos = offset; pos < end;) {
       const uint64_t ext = pos / kExtentSizeBytes;
       const uint64_t ext_start = ext * kExtentSizeBytes;
       const uint64_t ext_end = std::min(end, ext_start + kExtentSizeBytes);
       const ExtentRecord* rec = map_.find(ext);
-      if (rec == nullptr) {
-        add(zeros, pos, ext_end - pos, buf + (pos - offset));
-        pos = ext_end;
-        continue;
+      if (rec == nullptr && parent_) {
+        Result<const ExtentRecord*> p = parent_find_locked(ext);
+        if (!p) co_return p.error();
+        rec = p.value();
       }
-      while (pos < ext_end) {
-        const uint64_t b = (pos - ext_start) / kBlockSizeBytes;
-        const uint64_t bend = std::min(ext_end, ext_start + (b + 1) * kBlockSizeBytes);
-        if (rec->written & (1u << b)) {
-          add(reads, rec->phys_extent * kExtentSizeBytes + (pos - ext_start), bend - pos,
-              buf + (pos - offset));
-        } else {
-          add(zeros, pos, bend - pos, buf + (pos - offset));
-        }
-        pos = bend;
-      }
+      add_extent(pos, ext_start, ext_end, rec);
+      pos = ext_end;
+    }
+  } else {
+    // A snapshot's view never changes and its extents stay allocated while it is open.
+    ExtentMap::Records recs;
+    CAIRN_CO_TRY(view_records(seq, offset / kExtentSizeBytes, (end - 1) / kExtentSizeBytes + 1,
+                              &recs));
+    size_t i = 0;
+    for (uint64_t pos = offset; pos < end;) {
+      const uint64_t ext = pos / kExtentSizeBytes;
+      const uint64_t ext_start = ext * kExtentSizeBytes;
+      const uint64_t ext_end = std::min(end, ext_start + kExtentSizeBytes);
+      while (i < recs.size() && recs[i].first < ext) ++i;
+      add_extent(pos, ext_start, ext_end,
+                 i < recs.size() && recs[i].first == ext ? &recs[i].second : nullptr);
+      pos = ext_end;
     }
   }
   for (const Seg& z : zeros) std::memset(z.buf, 0, z.len);
@@ -296,30 +500,29 @@ Task<Status> VolumeCore::read_aligned(uint64_t offset, uint64_t length, uint8_t*
   co_return co_await when_all(std::move(tasks));
 }
 
-void VolumeCore::revert_locked(std::vector<std::pair<uint64_t, std::optional<ExtentRecord>>>& undo,
-                               const std::vector<uint64_t>& allocated) {
-  for (auto it = undo.rbegin(); it != undo.rend(); ++it) {
-    if (it->second) map_.put(it->first, *it->second);
-    else map_.erase(it->first);
-  }
+void VolumeCore::revert_locked(Undo& undo, const std::vector<uint64_t>& allocated) {
+  for (auto it = undo.rbegin(); it != undo.rend(); ++it) map_set_locked(it->first, it->second);
   undo.clear();
   // Never written and never visible outside the lock: straight back to the free pool.
   for (uint64_t p : allocated) store_.allocator().unallocate(p);
 }
 
 Task<Status> VolumeCore::write_blocks(EpochGuard& epoch, uint64_t offset, uint64_t length,
-                                      const uint8_t* buf, bool fua, bool* metadata_changed) {
+                                      const uint8_t* buf, bool fua, bool serialized,
+                                      bool* metadata_changed, int depth) {
   CAIRN_ASSERT(offset % kBlockSizeBytes == 0 && length % kBlockSizeBytes == 0);
   std::vector<Seg> writes;
+  std::vector<SlowExtent> slow;
   bool changed = false;
   for (int attempt = 0;; ++attempt) {
     writes.clear();
+    slow.clear();
     bool no_space = false;
     {
       std::lock_guard lk(map_mu_);
       if (!alive()) co_return Errc::not_found;
       rocksdb::WriteBatch batch;
-      std::vector<std::pair<uint64_t, std::optional<ExtentRecord>>> undo;
+      Undo undo;
       std::vector<uint64_t> allocated;
       Status failed = ok();
       const uint64_t end = offset + length;
@@ -327,13 +530,36 @@ Task<Status> VolumeCore::write_blocks(EpochGuard& epoch, uint64_t offset, uint64
         const uint64_t ext = pos / kExtentSizeBytes;
         const uint64_t ext_start = ext * kExtentSizeBytes;
         const uint64_t ext_end = std::min(end, ext_start + kExtentSizeBytes);
-        const BlockBitmap mask =
-            block_mask(static_cast<uint32_t>((pos - ext_start) / kBlockSizeBytes),
-                       static_cast<uint32_t>((ext_end - ext_start) / kBlockSizeBytes));
+        const uint32_t b0 = static_cast<uint32_t>((pos - ext_start) / kBlockSizeBytes);
+        const uint32_t b1 = static_cast<uint32_t>((ext_end - ext_start) / kBlockSizeBytes);
+        const BlockBitmap mask = block_mask(b0, b1);
+        const uint8_t* src = buf + (pos - offset);
         const ExtentRecord* rec = map_.find(ext);
+        bool fresh = false;  // a new extent holding only this write
+        if (rec == nullptr) {
+          if (parent_) {
+            Result<const ExtentRecord*> p = parent_find_locked(ext);
+            if (!p) {
+              failed = p.error();
+              break;
+            }
+            if (p.value() != nullptr) {  // copy-on-write from the parent snapshot
+              slow.push_back({ext, b0, b1, src});
+              pos = ext_end;
+              continue;
+            }
+          }
+          fresh = true;
+        } else if (rec->is_marker()) {
+          fresh = true;
+        } else if (shared_locked(*rec)) {  // redirect-on-write
+          slow.push_back({ext, b0, b1, src});
+          pos = ext_end;
+          continue;
+        }
         ExtentRecord next;
         bool put = false;
-        if (rec == nullptr) {
+        if (fresh) {
           Result<uint64_t> phys = store_.allocate_extent();
           if (!phys) {
             if (phys.error() == make_error_code(Errc::no_space)) no_space = true;
@@ -342,27 +568,32 @@ Task<Status> VolumeCore::write_blocks(EpochGuard& epoch, uint64_t offset, uint64
           }
           allocated.push_back(phys.value());
           next = ExtentRecord{phys.value(), mask, seq_};
-          undo.emplace_back(ext, std::nullopt);
+          if (rec != nullptr && marker_shared_locked(*rec))
+            batch.Put(version_key(id_, ext, seq_), encode_extent_record(*rec));
+          undo.emplace_back(ext, rec != nullptr ? std::optional<ExtentRecord>(*rec) : std::nullopt);
+          note_change_locked(batch, ext, rec);
           put = true;
         } else {
           next = *rec;
           if ((rec->written & mask) != mask) {
             undo.emplace_back(ext, *rec);
+            note_change_locked(batch, ext, rec);
             next.written = static_cast<BlockBitmap>(next.written | mask);
             next.birth_seq = seq_;
             put = true;
           }
         }
         if (put) {
-          map_.put(ext, next);
+          map_set_locked(ext, next);
           batch.Put(extent_key(id_, ext), encode_extent_record(next));
         }
         const uint64_t dev_off = next.phys_extent * kExtentSizeBytes + (pos - ext_start);
-        uint8_t* src = const_cast<uint8_t*>(buf) + (pos - offset);
-        if (!writes.empty() && writes.back().dev_off + writes.back().len == dev_off)
+        uint8_t* wsrc = const_cast<uint8_t*>(src);
+        if (!writes.empty() && writes.back().dev_off + writes.back().len == dev_off &&
+            writes.back().buf + writes.back().len == wsrc)
           writes.back().len += ext_end - pos;
         else
-          writes.push_back({dev_off, ext_end - pos, src});
+          writes.push_back({dev_off, ext_end - pos, wsrc});
         pos = ext_end;
       }
       if (no_space || !failed) {
@@ -395,10 +626,179 @@ Task<Status> VolumeCore::write_blocks(EpochGuard& epoch, uint64_t offset, uint64
     *metadata_changed = true;
     if (int f = CAIRN_FAULT_POINT("blockd.volume.after_metadata")) co_return errno_code(f);
   }
-  std::vector<Task<Status>> tasks;
-  tasks.reserve(writes.size());
-  for (const Seg& w : writes) tasks.push_back(store_.device().write(w.buf, w.len, w.dev_off, fua));
-  co_return co_await when_all(std::move(tasks));
+  if (!writes.empty()) {
+    std::vector<Task<Status>> tasks;
+    tasks.reserve(writes.size());
+    for (const Seg& w : writes)
+      tasks.push_back(store_.device().write(w.buf, w.len, w.dev_off, fua));
+    CAIRN_CO_TRY(co_await when_all(std::move(tasks)));
+  }
+  for (const SlowExtent& sx : slow) {
+    Result<Rewrite> r = co_await rewrite_extent(epoch, sx, serialized, metadata_changed);
+    if (!r) co_return r.error();
+    if (r.value() == Rewrite::retry_fast) {
+      // The extent stopped being shared / parent-backed meanwhile: the plain path serves it.
+      if (depth >= 2) co_return Errc::unavailable;
+      CAIRN_CO_TRY(co_await write_blocks(epoch, sx.ext * kExtentSizeBytes + sx.b0 * kBlockSizeBytes,
+                                         (sx.b1 - sx.b0) * kBlockSizeBytes, sx.data, fua,
+                                         serialized, metadata_changed, depth + 1));
+    }
+  }
+  co_return ok();
+}
+
+Task<Result<VolumeCore::Rewrite>> VolumeCore::rewrite_extent(EpochGuard& epoch,
+                                                             const SlowExtent& sx,
+                                                             bool serialized,
+                                                             bool* metadata_changed) {
+  // Serialized with RMW writes and other rewrites (the lock is taken outside the epoch).
+  MaybeUnlock unlock;
+  if (!serialized) {
+    epoch.leave();
+    co_await rmw_mu_.lock();
+    unlock.arm(rmw_mu_);
+    epoch.enter();
+  }
+  const BlockBitmap mask = block_mask(sx.b0, sx.b1);
+  const bool release = sx.data == nullptr;
+  for (int attempt = 0;; ++attempt) {
+    if (attempt > kAllocRetriesMax + 2) co_return Errc::unavailable;
+    ExtentRecord src;
+    bool own = false;
+    BlockBitmap next_written = 0;
+    uint64_t phys = 0;
+    bool no_space = false;
+    {
+      std::lock_guard lk(map_mu_);
+      if (!alive()) co_return Errc::not_found;
+      const ExtentRecord* rec = map_.find(sx.ext);
+      if (rec != nullptr) {
+        if (!shared_locked(*rec)) co_return Rewrite::retry_fast;
+        src = *rec;
+        own = true;
+      } else {
+        if (!parent_) co_return Rewrite::retry_fast;
+        Result<const ExtentRecord*> p = parent_find_locked(sx.ext);
+        if (!p) co_return p.error();
+        if (p.value() == nullptr) co_return Rewrite::retry_fast;
+        src = *p.value();
+      }
+      const BlockBitmap keep = static_cast<BlockBitmap>(src.written & ~mask);
+      if (release && (src.written & mask) == 0) co_return Rewrite::done;  // nothing to drop
+      next_written = release ? keep : static_cast<BlockBitmap>(keep | mask);
+      if (next_written == 0) {
+        // Everything it held is released: no data to copy, metadata only. The old record
+        // stays visible to its snapshots as a version; a clone hides the parent's data.
+        rocksdb::WriteBatch batch;
+        if (own) batch.Put(version_key(id_, sx.ext, seq_), encode_extent_record(src));
+        note_change_locked(batch, sx.ext, own ? &src : nullptr);
+        std::optional<ExtentRecord> next;
+        if (parent_) next = zero_marker(seq_);
+        if (next) batch.Put(extent_key(id_, sx.ext), encode_extent_record(*next));
+        else batch.Delete(extent_key(id_, sx.ext));
+        int f = CAIRN_FAULT_POINT("blockd.volume.before_metadata");
+        Status st = f != 0 ? Status(errno_code(f)) : store_.write_metadata(batch);
+        if (!st) co_return st.error();
+        map_set_locked(sx.ext, next);
+        *metadata_changed = true;
+        co_return Rewrite::done;
+      }
+      Result<uint64_t> p = store_.allocate_extent();
+      if (p) phys = p.value();
+      else if (p.error() == make_error_code(Errc::no_space)) no_space = true;
+      else co_return p.error();
+    }
+    if (no_space) {
+      if (attempt >= kAllocRetriesMax || store_.allocator().quarantined_extents() == 0) {
+        CAIRN_LOG_WARN(kLog, "no space for redirect volume=%s extent=%llu", name_.c_str(),
+                       ull(sx.ext));
+        co_return Errc::no_space;
+      }
+      epoch.leave();
+      co_await store_.wait_for_promotion();
+      epoch.enter();
+      continue;
+    }
+    // The new extent is not mapped yet: its data goes first, durably (FUA), so that once the
+    // mapping moves to it (a metadata write that survives kill -9) it holds every block the
+    // old one did. After a crash before the switch it is unmapped space (punched at open).
+    AlignedBuffer ebuf(kExtentSizeBytes);
+    if (!ebuf.ok()) {
+      store_.allocator().unallocate(phys);
+      co_return errno_code(ENOMEM);
+    }
+    std::vector<Seg> reads, writes;
+    for (uint32_t b = 0; b < kBlocksPerExtent;) {
+      if (!(next_written & (1u << b))) {
+        ++b;
+        continue;
+      }
+      uint32_t e = b;
+      while (e < kBlocksPerExtent && (next_written & (1u << e))) ++e;
+      writes.push_back({phys * kExtentSizeBytes + b * kBlockSizeBytes, (e - b) * kBlockSizeBytes,
+                        ebuf.data() + b * kBlockSizeBytes});
+      b = e;
+    }
+    const BlockBitmap copy = static_cast<BlockBitmap>(src.written & ~mask);
+    for (uint32_t b = 0; b < kBlocksPerExtent;) {
+      if (!(copy & (1u << b))) {
+        ++b;
+        continue;
+      }
+      uint32_t e = b;
+      while (e < kBlocksPerExtent && (copy & (1u << e))) ++e;
+      reads.push_back({src.phys_extent * kExtentSizeBytes + b * kBlockSizeBytes,
+                       (e - b) * kBlockSizeBytes, ebuf.data() + b * kBlockSizeBytes});
+      b = e;
+    }
+    Status st = ok();
+    {
+      std::vector<Task<Status>> tasks;
+      for (const Seg& r : reads) tasks.push_back(store_.device().read(r.buf, r.len, r.dev_off));
+      st = co_await when_all(std::move(tasks));
+    }
+    if (st) {
+      if (!release)
+        std::memcpy(ebuf.data() + sx.b0 * kBlockSizeBytes, sx.data,
+                    (sx.b1 - sx.b0) * kBlockSizeBytes);
+      std::vector<Task<Status>> tasks;
+      for (const Seg& w : writes)
+        tasks.push_back(store_.device().write(w.buf, w.len, w.dev_off, /*fua=*/true));
+      st = co_await when_all(std::move(tasks));
+    }
+    if (!st) {
+      store_.allocator().quarantine(phys);  // may hold some of the bytes
+      co_return st.error();
+    }
+    {
+      std::lock_guard lk(map_mu_);
+      if (!alive()) {
+        store_.allocator().quarantine(phys);
+        co_return Errc::not_found;
+      }
+      const ExtentRecord* cur = map_.find(sx.ext);
+      const bool same = own ? (cur != nullptr && *cur == src) : cur == nullptr;
+      if (!same) {  // changed under us (a metadata-only release): start over
+        store_.allocator().quarantine(phys);
+        continue;
+      }
+      rocksdb::WriteBatch batch;
+      if (own) batch.Put(version_key(id_, sx.ext, seq_), encode_extent_record(src));
+      note_change_locked(batch, sx.ext, own ? &src : nullptr);
+      const ExtentRecord next{phys, next_written, seq_};
+      batch.Put(extent_key(id_, sx.ext), encode_extent_record(next));
+      int f = CAIRN_FAULT_POINT("blockd.volume.before_metadata");
+      st = f != 0 ? Status(errno_code(f)) : store_.write_metadata(batch);
+      if (!st) {
+        store_.allocator().quarantine(phys);
+        co_return st.error();
+      }
+      map_set_locked(sx.ext, next);
+    }
+    *metadata_changed = true;
+    if (int f = CAIRN_FAULT_POINT("blockd.volume.after_metadata")) co_return errno_code(f);
+    co_return Rewrite::done;
+  }
 }
 
 Task<Status> VolumeCore::write_any(uint64_t offset, uint64_t length, const void* buf, bool fua,
@@ -408,12 +808,13 @@ Task<Status> VolumeCore::write_any(uint64_t offset, uint64_t length, const void*
     EpochGuard epoch(store_.epochs());
     if (is_aligned(buf, a)) {
       co_return co_await write_blocks(epoch, offset, length, static_cast<const uint8_t*>(buf),
-                                      fua, metadata_changed);
+                                      fua, false, metadata_changed);
     }
     AlignedBuffer bounce(length);
     if (!bounce.ok()) co_return errno_code(ENOMEM);
     std::memcpy(bounce.data(), buf, length);
-    co_return co_await write_blocks(epoch, offset, length, bounce.data(), fua, metadata_changed);
+    co_return co_await write_blocks(epoch, offset, length, bounce.data(), fua, false,
+                                    metadata_changed);
   }
   // Not whole blocks: read-modify-write of the covering blocks. Clear blocks read as zeros,
   // so a partly written block is zero-filled. Serialized per volume: two such writes into
@@ -427,20 +828,24 @@ Task<Status> VolumeCore::write_any(uint64_t offset, uint64_t length, const void*
   if (!bounce.ok()) co_return errno_code(ENOMEM);
   bool head_read = false;
   if (offset != a0) {
-    CAIRN_CO_TRY(co_await read_aligned(a0, kBlockSizeBytes, bounce.data()));
+    CAIRN_CO_TRY(co_await read_aligned(kLiveSeq, a0, kBlockSizeBytes, bounce.data()));
     head_read = true;
   }
   if (offset + length != a1 && !(head_read && a1 - kBlockSizeBytes == a0)) {
-    CAIRN_CO_TRY(co_await read_aligned(a1 - kBlockSizeBytes, kBlockSizeBytes,
+    CAIRN_CO_TRY(co_await read_aligned(kLiveSeq, a1 - kBlockSizeBytes, kBlockSizeBytes,
                                        bounce.data() + (a1 - kBlockSizeBytes - a0)));
   }
   std::memcpy(bounce.data() + (offset - a0), buf, length);
-  co_return co_await write_blocks(epoch, a0, a1 - a0, bounce.data(), fua, metadata_changed);
+  co_return co_await write_blocks(epoch, a0, a1 - a0, bounce.data(), fua, true,
+                                  metadata_changed);
 }
 
 Task<Status> VolumeCore::write(uint64_t offset, uint64_t length, const void* buf, bool fua) {
   CAIRN_CO_TRY(check_io(offset, length));
   if (length == 0) co_return ok();
+  GateAwaiter gate{*this};
+  co_await gate;
+  GateExit exit{*this};
   bool metadata_changed = false;
   CAIRN_CO_TRY(co_await write_any(offset, length, buf, fua, &metadata_changed));
   // The data went out with FUA; the mapping that finds it must be durable too (it may have
@@ -459,15 +864,16 @@ Task<Status> VolumeCore::zero_partial_block(uint64_t offset, uint64_t length,
   {
     std::lock_guard lk(map_mu_);
     if (!alive()) co_return Errc::not_found;
-    const ExtentRecord* rec = map_.find(blk / kExtentSizeBytes);
+    Result<std::optional<ExtentRecord>> rec = live_visible_locked(blk / kExtentSizeBytes);
+    if (!rec) co_return rec.error();
     const uint64_t b = (blk % kExtentSizeBytes) / kBlockSizeBytes;
-    if (rec == nullptr || !(rec->written & (1u << b))) co_return ok();  // reads zeros already
+    if (!rec.value() || !(rec.value()->written & (1u << b))) co_return ok();  // zeros already
   }
   AlignedBuffer bounce(kBlockSizeBytes);
   if (!bounce.ok()) co_return errno_code(ENOMEM);
-  CAIRN_CO_TRY(co_await read_aligned(blk, kBlockSizeBytes, bounce.data()));
+  CAIRN_CO_TRY(co_await read_aligned(kLiveSeq, blk, kBlockSizeBytes, bounce.data()));
   std::memset(bounce.data() + (offset - blk), 0, length);
-  co_return co_await write_blocks(epoch, blk, kBlockSizeBytes, bounce.data(), false,
+  co_return co_await write_blocks(epoch, blk, kBlockSizeBytes, bounce.data(), false, true,
                                   metadata_changed);
 }
 
@@ -477,45 +883,101 @@ Task<Status> VolumeCore::release_blocks(uint64_t offset, uint64_t length) {
   const uint64_t end = offset + length;
   const uint64_t last_ext = (end - 1) / kExtentSizeBytes;
   uint64_t cursor = offset / kExtentSizeBytes;
+  std::vector<SlowExtent> slow;
   while (cursor <= last_ext) {
     std::vector<Seg> punches;
     {
       std::lock_guard lk(map_mu_);
       if (!alive()) co_return Errc::not_found;
       rocksdb::WriteBatch batch;
-      std::vector<std::pair<uint64_t, std::optional<ExtentRecord>>> undo;
+      Undo undo;
       std::vector<uint64_t> freed;
       size_t visited = 0;
       auto it = map_.lower_bound(cursor);
+      // A clone also releases what it reads from its parent snapshot (sorted by extent).
+      const ExtentMap::Records* pv = nullptr;
+      size_t pi = 0;
+      if (parent_) {
+        CAIRN_CO_TRY(load_parent_view_locked());
+        pv = &parent_view_;
+        pi = static_cast<size_t>(
+            std::lower_bound(pv->begin(), pv->end(), cursor,
+                             [](const ExtentMap::Entry& e, uint64_t x) { return e.first < x; }) -
+            pv->begin());
+      }
       cursor = last_ext + 1;
-      while (it != map_.end() && it->first <= last_ext) {
+      for (;;) {
+        const uint64_t own_next =
+            it != map_.end() && it->first <= last_ext ? it->first : kLiveSeq;
+        const uint64_t par_next =
+            pv != nullptr && pi < pv->size() && (*pv)[pi].first <= last_ext ? (*pv)[pi].first
+                                                                            : kLiveSeq;
+        const uint64_t ext = std::min(own_next, par_next);
+        if (ext == kLiveSeq) break;
         if (visited == kReleaseBatchExtents) {  // bound the critical section
-          cursor = it->first;
+          cursor = ext;
           break;
         }
         ++visited;
-        const uint64_t ext = it->first;
-        const ExtentRecord rec = it->second;
-        ++it;
         const uint64_t ext_start = ext * kExtentSizeBytes;
         const uint64_t s = std::max(offset, ext_start);
         const uint64_t e = std::min(end, ext_start + kExtentSizeBytes);
-        const BlockBitmap mask =
-            block_mask(static_cast<uint32_t>((s - ext_start) / kBlockSizeBytes),
-                       static_cast<uint32_t>((e - ext_start) / kBlockSizeBytes));
+        const uint32_t b0 = static_cast<uint32_t>((s - ext_start) / kBlockSizeBytes);
+        const uint32_t b1 = static_cast<uint32_t>((e - ext_start) / kBlockSizeBytes);
+        const BlockBitmap mask = block_mask(b0, b1);
+        if (par_next == ext) ++pi;
+        if (own_next != ext) {
+          // Parent-backed (no own record): hide the parent's blocks.
+          const ExtentRecord prec = (*pv)[pi - 1].second;
+          if ((prec.written & mask) == 0) continue;
+          if ((prec.written & ~mask) != 0) {  // some blocks stay: copy them
+            slow.push_back({ext, b0, b1, nullptr});
+            continue;
+          }
+          undo.emplace_back(ext, std::nullopt);
+          note_change_locked(batch, ext, nullptr);
+          const ExtentRecord m = zero_marker(seq_);
+          map_set_locked(ext, m);
+          batch.Put(extent_key(id_, ext), encode_extent_record(m));
+          continue;
+        }
+        const ExtentRecord rec = it->second;
+        ++it;
+        if (rec.is_marker()) continue;
         const BlockBitmap cleared = rec.written & mask;
         if (cleared == 0) continue;
+        const BlockBitmap rest = static_cast<BlockBitmap>(rec.written & ~mask);
+        if (shared_locked(rec)) {
+          if (rest != 0) {  // the surviving blocks move to a new extent
+            slow.push_back({ext, b0, b1, nullptr});
+            continue;
+          }
+          // A snapshot still sees it: it becomes a version, nothing is freed or punched.
+          undo.emplace_back(ext, rec);
+          batch.Put(version_key(id_, ext, seq_), encode_extent_record(rec));
+          note_change_locked(batch, ext, &rec);
+          std::optional<ExtentRecord> next;
+          if (parent_) next = zero_marker(seq_);
+          map_set_locked(ext, next);
+          if (next) batch.Put(extent_key(id_, ext), encode_extent_record(*next));
+          else batch.Delete(extent_key(id_, ext));
+          continue;
+        }
         undo.emplace_back(ext, rec);
-        ExtentRecord next = rec;
-        next.written = static_cast<BlockBitmap>(rec.written & ~mask);
-        if (next.written == 0) {
-          map_.erase(ext);
-          batch.Delete(extent_key(id_, ext));
+        note_change_locked(batch, ext, &rec);
+        if (rest == 0) {
+          std::optional<ExtentRecord> next;
+          if (parent_) next = zero_marker(seq_);
+          map_set_locked(ext, next);
+          if (next) batch.Put(extent_key(id_, ext), encode_extent_record(*next));
+          else batch.Delete(extent_key(id_, ext));
           freed.push_back(rec.phys_extent);
           continue;
         }
+        ExtentRecord next = rec;
+        next.written = rest;
         next.birth_seq = seq_;
-        map_.put(ext, next);
+        map_set_locked(ext, next);
         batch.Put(extent_key(id_, ext), encode_extent_record(next));
         for (uint32_t b = 0; b < kBlocksPerExtent;) {  // punch runs of the cleared blocks
           if (!(cleared & (1u << b))) {
@@ -549,12 +1011,20 @@ Task<Status> VolumeCore::release_blocks(uint64_t offset, uint64_t length) {
     for (const Seg& p : punches) tasks.push_back(store_.device().punch_hole(p.dev_off, p.len));
     CAIRN_CO_TRY(co_await when_all(std::move(tasks)));
   }
+  bool changed = false;
+  for (const SlowExtent& sx : slow) {
+    Result<Rewrite> r = co_await rewrite_extent(epoch, sx, false, &changed);
+    if (!r) co_return r.error();
+    if (r.value() == Rewrite::retry_fast) {
+      // No longer shared / parent-backed: the plain release serves it.
+      CAIRN_CO_TRY(co_await release_blocks(sx.ext * kExtentSizeBytes + sx.b0 * kBlockSizeBytes,
+                                           (sx.b1 - sx.b0) * kBlockSizeBytes));
+    }
+  }
   co_return ok();
 }
 
-Task<Status> VolumeCore::trim(uint64_t offset, uint64_t length, bool fua) {
-  CAIRN_CO_TRY(check_io(offset, length));
-  if (length == 0) co_return ok();
+Task<Status> VolumeCore::trim_any(uint64_t offset, uint64_t length, bool fua) {
   const uint64_t end = offset + length;
   const uint64_t b0 = round_up(offset, kBlockSizeBytes);
   const uint64_t b1 = round_down(end, kBlockSizeBytes);
@@ -576,10 +1046,23 @@ Task<Status> VolumeCore::trim(uint64_t offset, uint64_t length, bool fua) {
   co_return ok();
 }
 
+Task<Status> VolumeCore::trim(uint64_t offset, uint64_t length, bool fua) {
+  CAIRN_CO_TRY(check_io(offset, length));
+  if (length == 0) co_return ok();
+  GateAwaiter gate{*this};
+  co_await gate;
+  GateExit exit{*this};
+  co_return co_await trim_any(offset, length, fua);
+}
+
 Task<Status> VolumeCore::write_zeroes(uint64_t offset, uint64_t length, bool may_release,
                                       bool fua) {
-  if (may_release) co_return co_await trim(offset, length, fua);
   CAIRN_CO_TRY(check_io(offset, length));
+  if (length == 0) co_return ok();
+  GateAwaiter gate{*this};
+  co_await gate;
+  GateExit exit{*this};
+  if (may_release) co_return co_await trim_any(offset, length, fua);
   const uint64_t end = offset + length;
   bool metadata_changed = false;
   for (uint64_t pos = offset; pos < end;) {
@@ -594,9 +1077,9 @@ Task<Status> VolumeCore::write_zeroes(uint64_t offset, uint64_t length, bool may
   co_return ok();
 }
 
-Result<std::vector<AllocationRun>> VolumeCore::allocation(uint64_t offset, uint64_t length,
-                                                          size_t max_runs) {
-  CAIRN_TRY(check_io(offset, length));
+Result<std::vector<AllocationRun>> VolumeCore::allocation(uint64_t seq, uint64_t offset,
+                                                          uint64_t length, size_t max_runs) {
+  CAIRN_TRY(check_view_io(seq, offset, length));
   if (max_runs == 0) return Errc::invalid_argument;
   std::vector<AllocationRun> runs;
   auto add = [&](bool allocated, uint64_t n) {
@@ -608,22 +1091,51 @@ Result<std::vector<AllocationRun>> VolumeCore::allocation(uint64_t offset, uint6
     runs.push_back({n, allocated});
     return true;
   };
-  std::lock_guard lk(map_mu_);
   const uint64_t end = offset + length;
+  if (length == 0) return runs;
+  bool simple = false;
+  if (seq == kLiveSeq) {
+    std::lock_guard lk(map_mu_);
+    simple = !parent_;
+    if (simple) {
+      for (uint64_t pos = offset; pos < end;) {
+        const uint64_t ext = pos / kExtentSizeBytes;
+        const uint64_t ext_start = ext * kExtentSizeBytes;
+        auto it = map_.lower_bound(ext);
+        while (it != map_.end() && it->second.is_marker()) ++it;  // markers read as zeros
+        if (it == map_.end() || it->first != ext) {
+          const uint64_t hole_end =
+              it == map_.end() ? end : std::min(end, std::max(pos, it->first * kExtentSizeBytes));
+          if (!add(false, hole_end - pos)) break;
+          pos = hole_end;
+          continue;
+        }
+        const uint64_t b = (pos - ext_start) / kBlockSizeBytes;
+        const uint64_t bend = std::min(end, ext_start + (b + 1) * kBlockSizeBytes);
+        if (!add((it->second.written >> b) & 1u, bend - pos)) break;
+        pos = bend;
+      }
+    }
+  }
+  if (simple) return runs;
+  // Snapshots and clones: the merged view of the range.
+  ExtentMap::Records recs;
+  CAIRN_TRY(view_records(seq, offset / kExtentSizeBytes, (end - 1) / kExtentSizeBytes + 1, &recs));
+  size_t i = 0;
   for (uint64_t pos = offset; pos < end;) {
     const uint64_t ext = pos / kExtentSizeBytes;
     const uint64_t ext_start = ext * kExtentSizeBytes;
-    auto it = map_.lower_bound(ext);
-    if (it == map_.end() || it->first != ext) {
+    while (i < recs.size() && recs[i].first < ext) ++i;
+    if (i == recs.size() || recs[i].first != ext) {
       const uint64_t hole_end =
-          it == map_.end() ? end : std::min(end, it->first * kExtentSizeBytes);
+          i == recs.size() ? end : std::min(end, recs[i].first * kExtentSizeBytes);
       if (!add(false, hole_end - pos)) break;
       pos = hole_end;
       continue;
     }
     const uint64_t b = (pos - ext_start) / kBlockSizeBytes;
     const uint64_t bend = std::min(end, ext_start + (b + 1) * kBlockSizeBytes);
-    if (!add((it->second.written >> b) & 1u, bend - pos)) break;
+    if (!add((recs[i].second.written >> b) & 1u, bend - pos)) break;
     pos = bend;
   }
   return runs;
@@ -639,7 +1151,7 @@ VolumeHandle::VolumeHandle(std::shared_ptr<VolumeCore> core) : core_(std::move(c
 VolumeHandle::~VolumeHandle() { core_->attached_.fetch_sub(1, std::memory_order_acq_rel); }
 
 Task<Status> VolumeHandle::read(uint64_t offset, uint64_t length, void* buf) {
-  return core_->read(offset, length, buf);
+  return core_->read(kLiveSeq, offset, length, buf);
 }
 Task<Status> VolumeHandle::write(uint64_t offset, uint64_t length, const void* buf, bool fua) {
   return core_->write(offset, length, buf, fua);
@@ -659,7 +1171,16 @@ Task<Status> VolumeHandle::flush() {
 }
 Result<std::vector<AllocationRun>> VolumeHandle::allocation(uint64_t offset, uint64_t length,
                                                             size_t max_runs) {
-  return core_->allocation(offset, length, max_runs);
+  return core_->allocation(kLiveSeq, offset, length, max_runs);
+}
+Result<std::vector<AllocationRun>> VolumeHandle::changed_since(const std::string& since,
+                                                               uint64_t offset,
+                                                               uint64_t length,
+                                                               size_t max_runs) {
+  return core_->changed_since(since, kLiveSeq, offset, length, max_runs);
+}
+std::vector<std::string> VolumeHandle::dirty_bitmap_sources() {
+  return core_->snapshots_before(kLiveSeq);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -763,9 +1284,9 @@ Status StoreImpl::finish_delete(uint64_t volume_id, ExtentMap::Records& extents,
     rocksdb::WriteBatch batch;
     std::vector<uint64_t> phys;
     size_t i = done;
-    for (; i < extents.size() && phys.size() < kDeleteBatchKeys; ++i) {
+    for (; i < extents.size() && batch.Count() < kDeleteBatchKeys; ++i) {
       batch.Delete(extent_key(volume_id, extents[i].first));
-      phys.push_back(extents[i].second.phys_extent);
+      if (!extents[i].second.is_marker()) phys.push_back(extents[i].second.phys_extent);
     }
     Status st = write_metadata(batch);
     if (!st) {
@@ -781,13 +1302,26 @@ Status StoreImpl::finish_delete(uint64_t volume_id, ExtentMap::Records& extents,
 }
 
 Status StoreImpl::delete_volume(const std::string& name, bool force) {
+  std::lock_guard cl(ctl_mu_);
   std::lock_guard lk(mu_);
   auto found = volumes_.find(name);
   if (found == volumes_.end()) return Errc::not_found;
   std::shared_ptr<VolumeCore> core = found->second;
   const uint32_t attached = core->attached();
   if (!core->deleting_) {  // else: an earlier delete failed half-way; finish it
-    if (attached > 0 && !force) return Errc::busy;
+    if (core->flattening_.load()) return Errc::busy;
+    bool has_snapshots = false, has_clones = false, snapshot_open = false;
+    {
+      std::lock_guard ml(core->map_mu_);
+      for (auto& [seq, snap] : core->snaps_) {
+        has_snapshots = true;
+        has_clones = has_clones || snap->clones > 0;
+        snapshot_open = snapshot_open || snap->attached.load() > 0;
+      }
+    }
+    // Clones read from its snapshots: even a forced delete waits for them to go or flatten.
+    if (has_clones) return Errc::busy;
+    if ((attached > 0 || has_snapshots || snapshot_open) && !force) return Errc::busy;
     // 1. Mark the record: a crash from here on finishes the delete at open.
     VolumeRecord rec = core->record();
     rec.deleting = true;
@@ -811,10 +1345,22 @@ Status StoreImpl::delete_volume(const std::string& name, bool force) {
     for (auto& [ext, rec] : extents) core->map_.put(ext, rec);  // retried by the next delete
     return st;
   }
+  // 3b. Snapshot versions (quarantined like unmapped extents), change index, snapshots.
+  CAIRN_TRY(delete_prefix(version_key_prefix(core->id()), true));
+  CAIRN_TRY(delete_prefix(change_key_prefix(core->id()), false));
+  CAIRN_TRY(delete_prefix(snapshot_key_prefix(core->id()), false));
   // 4. Drop the record.
   rocksdb::WriteOptions wo;
   wo.sync = true;
   CAIRN_TRY(db_status(db_->Delete(wo, volume_key(name)), "delete record"));
+  {
+    std::lock_guard ml(core->map_mu_);
+    if (core->parent_snap_) --core->parent_snap_->clones;
+    core->snaps_.clear();
+    core->parent_.reset();
+    core->parent_snap_.reset();
+    core->parent_view_.clear();
+  }
   volumes_.erase(found);
   CAIRN_LOG_INFO(kLog, "volume deleted name=%s id=%llu force=%d attached=%u freed_extents=%zu",
                  name.c_str(), ull(core->id()), force ? 1 : 0, attached, freed);
@@ -822,6 +1368,17 @@ Status StoreImpl::delete_volume(const std::string& name, bool force) {
 }
 
 Result<std::shared_ptr<Volume>> StoreImpl::open_volume(const std::string& name) {
+  const size_t at = name.find('@');
+  if (at != std::string::npos) {  // volume@snapshot: read-only
+    std::lock_guard lk(mu_);
+    CAIRN_TRY(core, find_locked(name.substr(0, at)));
+    if (!core->alive()) return Errc::not_found;
+    // Attached under the lock delete_snapshot checks it under.
+    std::lock_guard ml(core->map_mu_);
+    std::shared_ptr<SnapState> snap = core->snapshot_by_name_locked(name.substr(at + 1));
+    if (!snap) return Errc::not_found;
+    return std::shared_ptr<Volume>(std::make_shared<SnapshotHandle>(core, std::move(snap)));
+  }
   std::lock_guard lk(mu_);
   CAIRN_TRY(core, find_locked(name));
   if (!core->alive()) return Errc::not_found;
@@ -830,10 +1387,21 @@ Result<std::shared_ptr<Volume>> StoreImpl::open_volume(const std::string& name) 
 
 std::vector<uint64_t> StoreImpl::mapped_physical_extents() {
   std::vector<uint64_t> out;
-  std::lock_guard lk(mu_);
-  for (auto& [name, core] : volumes_) {
-    std::lock_guard ml(core->map_mu_);
-    core->map_.for_each([&](uint64_t, const ExtentRecord& rec) { out.push_back(rec.phys_extent); });
+  {
+    std::lock_guard lk(mu_);
+    for (auto& [name, core] : volumes_) {
+      std::lock_guard ml(core->map_mu_);
+      core->map_.for_each([&](uint64_t, const ExtentRecord& rec) {
+        if (!rec.is_marker()) out.push_back(rec.phys_extent);
+      });
+    }
+  }
+  // Snapshot versions.
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  const std::string prefix(1, kVersionKeyTag);
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto rec = decode_extent_record(std::string_view(it->value().data(), it->value().size()));
+    if (rec && !rec.value().is_marker()) out.push_back(rec.value().phys_extent);
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -876,7 +1444,44 @@ Status StoreImpl::write_metadata(rocksdb::WriteBatch& batch) {
   rocksdb::WriteOptions wo;
   wo.sync = false;  // the WAL write reaches the OS: survives kill -9; flush() syncs it
   CAIRN_TRY(db_status(db_->Write(wo, &batch), "write"));
+  keys_written_.fetch_add(batch.Count(), std::memory_order_acq_rel);
   metadata_writes_.fetch_add(1, std::memory_order_acq_rel);
+  return ok();
+}
+
+Status StoreImpl::write_metadata_sync(rocksdb::WriteBatch& batch, const char* what) {
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  CAIRN_TRY(db_status(db_->Write(wo, &batch), what));
+  keys_written_.fetch_add(batch.Count(), std::memory_order_acq_rel);
+  return ok();
+}
+
+Status StoreImpl::delete_prefix(const std::string& prefix, bool versions) {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  rocksdb::WriteBatch batch;
+  std::vector<uint64_t> phys;
+  auto commit = [&]() -> Status {
+    CAIRN_TRY(write_metadata(batch));
+    batch.Clear();
+    for (uint64_t p : phys) alloc_.quarantine(p);  // unmapped before quarantined
+    phys.clear();
+    return ok();
+  };
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    batch.Delete(it->key());
+    if (versions) {
+      auto rec = decode_extent_record(std::string_view(it->value().data(), it->value().size()));
+      if (rec && !rec.value().is_marker()) phys.push_back(rec.value().phys_extent);
+    }
+    if (batch.Count() >= kDeleteBatchKeys) {
+      CAIRN_TRY(commit());
+    }
+  }
+  CAIRN_TRY(db_status(it->status(), "scan"));
+  if (batch.Count() > 0) {
+    CAIRN_TRY(commit());
+  }
   return ok();
 }
 
@@ -1044,6 +1649,8 @@ Status StoreImpl::recover() {
       continue;
     }
     auto core = std::make_shared<VolumeCore>(*this, name, rec);
+    core->loaded_parent_volume_id_ = rec.parent_volume_id;
+    core->loaded_parent_snapshot_id_ = rec.parent_snapshot_id;
     by_id[rec.id] = core;
     volumes_[name] = core;
   }
@@ -1076,11 +1683,13 @@ Status StoreImpl::recover() {
       return Errc::corrupt;
     }
     owner->second->map_.put(logical, rec.value());
-    alloc_.mark_used(rec.value().phys_extent);
+    if (!rec.value().is_marker()) alloc_.mark_used(rec.value().phys_extent);
     ++mapped;
   }
   CAIRN_TRY(db_status(it->status(), "scan extents"));
   it.reset();
+  // Snapshots, clone links, versions (their extents are used too), change index.
+  CAIRN_TRY(recover_snapshots(by_id, cleanup, &dropped_keys));
   for (auto& [name, id] : deleting) cleanup.Delete(volume_key(name));
   if (cleanup.Count() > 0) {
     CAIRN_TRY(write_metadata(cleanup));
@@ -1145,6 +1754,13 @@ Status check_format(rocksdb::DB* db) {
   CAIRN_TRY(db_status(s, "read format"));
   uint32_t version = 0;
   for (unsigned char c : v) version = (version << 8) | c;
+  if (v.size() == 4 && version == 1) {
+    // Format 1 is format 2 without snapshot keys: upgrading is writing the new version.
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    CAIRN_LOG_INFO(kLog, "metadata format 1 upgraded to %u", kFormatVersion);
+    return db_status(db->Put(wo, kFormatKey, encode_be32(kFormatVersion)), "format upgrade");
+  }
   if (v.size() != 4 || version != kFormatVersion) {
     CAIRN_LOG_ERROR(kLog, "unsupported metadata format version=%u", version);
     return Errc::unsupported;

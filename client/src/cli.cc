@@ -8,6 +8,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "common/size.h"
@@ -126,11 +127,68 @@ std::string format_volume_info(const cairn::v1::Volume& v) {
       {"id", std::to_string(v.id())},
       {"size", bytes_with_exact(v.size_bytes())},
       {"allocated", bytes_with_exact(v.allocated_bytes())},
+      {"exclusive", bytes_with_exact(v.exclusive_bytes())},
+      {"shared", bytes_with_exact(v.shared_bytes())},
       {"extent size", format_size_bytes(v.extent_size_bytes())},
       {"created", format_unix_time(v.created_unix_s())},
       {"attached", std::to_string(v.attached_connections()) + " connection(s)"},
       {"nbd export", or_dash(v.nbd_export())},
+      {"parent", or_dash(v.parent())},
   });
+}
+
+std::string format_snapshot_table(const cairn::v1::ListSnapshotsResponse& list) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& s : list.snapshots()) {
+    rows.push_back({s.name(), format_unix_time(s.created_unix_s()),
+                    format_size_bytes(s.size_bytes()), format_size_bytes(s.exclusive_bytes()),
+                    format_size_bytes(s.shared_bytes()), std::to_string(s.clones())});
+  }
+  return format_table({"NAME", "CREATED", "SIZE", "EXCLUSIVE", "SHARED", "CLONES"}, rows);
+}
+
+std::string format_snapshot_info(const cairn::v1::Snapshot& s) {
+  return format_fields({
+      {"name", s.name()},
+      {"volume", s.volume()},
+      {"id", std::to_string(s.id())},
+      {"created", format_unix_time(s.created_unix_s())},
+      {"size", bytes_with_exact(s.size_bytes())},
+      {"exclusive", bytes_with_exact(s.exclusive_bytes())},
+      {"shared", bytes_with_exact(s.shared_bytes())},
+      {"clones", std::to_string(s.clones())},
+      {"nbd export", or_dash(s.nbd_export())},
+  });
+}
+
+std::string format_exact_size(uint64_t bytes) {
+  static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  size_t u = 0;
+  while (bytes != 0 && bytes % 1024 == 0 && u + 1 < std::size(units)) {
+    bytes /= 1024;
+    ++u;
+  }
+  return std::to_string(bytes) + " " + units[u];
+}
+
+std::string format_diff(const cairn::v1::DiffResponse& diff) {
+  if (diff.runs().empty()) return "no changes\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& r : diff.runs()) {
+    rows.push_back({format_exact_size(r.offset_bytes()), format_exact_size(r.length_bytes()),
+                    r.zero() ? "zero" : "data"});
+  }
+  return format_table({"OFFSET", "LENGTH", "KIND"}, rows) + "total: " +
+         std::to_string(diff.runs_size()) + " run(s), " + bytes_with_exact(diff.changed_bytes()) +
+         " changed, " + bytes_with_exact(diff.zeroed_bytes()) + " zeroed\n";
+}
+
+std::optional<std::pair<std::string, std::string>> split_snapshot_ref(const std::string& ref) {
+  size_t at = ref.find('@');
+  if (at == std::string::npos || at == 0 || at + 1 == ref.size() ||
+      ref.find('@', at + 1) != std::string::npos)
+    return std::nullopt;
+  return std::make_pair(ref.substr(0, at), ref.substr(at + 1));
 }
 
 std::string format_node_status(const cairn::v1::NodeStatus& s) {
@@ -182,7 +240,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
                      std::string(kDefaultTokenFile) + " if present)");
   app.add_flag("--json", json, "print the API's JSON answer");
 
-  auto* volume = app.add_subcommand("volume", "create, list, inspect, resize, delete volumes");
+  auto* volume =
+      app.add_subcommand("volume", "create, list, inspect, resize, delete, clone volumes");
   volume->require_subcommand(1);
   std::string name;
   std::string size_text;
@@ -200,7 +259,39 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   auto* del = volume->add_subcommand("delete", "delete a volume");
   del->add_option("NAME", name, "volume name")->required();
   del->add_flag("--force", force, "delete even while NBD clients are attached");
+  std::string source;
+  auto* clone = volume->add_subcommand("clone", "create a writable volume from a snapshot");
+  clone->add_option("SOURCE", source, "the snapshot, as VOL@SNAP")->required();
+  clone->add_option("NEWVOL", name, "name of the new volume")->required();
+  auto* flatten =
+      volume->add_subcommand("flatten", "copy what a clone shares with its parent, then detach");
+  flatten->add_option("NAME", name, "volume name")->required();
+
+  auto* snapshot = app.add_subcommand("snapshot", "create, list, delete, diff snapshots");
+  snapshot->require_subcommand(1);
+  std::string snap;
+  std::string from;
+  std::string to;
+  auto* snap_create =
+      snapshot->add_subcommand("create", "snapshot a volume (VOL SNAP or VOL@SNAP)");
+  snap_create->add_option("VOL", name, "volume name, or VOL@SNAP")->required();
+  snap_create->add_option("SNAP", snap, "snapshot name");
+  auto* snap_list = snapshot->add_subcommand("list", "list a volume's snapshots, oldest first");
+  snap_list->add_option("VOL", name, "volume name")->required();
+  auto* snap_info = snapshot->add_subcommand("info", "show one snapshot (VOL SNAP or VOL@SNAP)");
+  snap_info->add_option("VOL", name, "volume name, or VOL@SNAP")->required();
+  snap_info->add_option("SNAP", snap, "snapshot name");
+  auto* snap_delete =
+      snapshot->add_subcommand("delete", "delete a snapshot (VOL SNAP or VOL@SNAP)");
+  snap_delete->add_option("VOL", name, "volume name, or VOL@SNAP")->required();
+  snap_delete->add_option("SNAP", snap, "snapshot name");
+  auto* snap_diff = snapshot->add_subcommand("diff", "list the ranges changed between two points");
+  snap_diff->add_option("VOL", name, "volume name")->required();
+  snap_diff->add_option("--from", from, "older snapshot (default: the empty volume)");
+  snap_diff->add_option("--to", to, "newer snapshot (default: the live volume)");
+
   auto* status = app.add_subcommand("status", "show the node's status");
+  auto objectd_commands = add_objectd_commands(app);  // tenant, objects (cli_objects.cc)
 
   try {
     app.parse(argc, argv);
@@ -208,6 +299,30 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     if (e.get_exit_code() == 0) return app.exit(e, out, err);  // --help
     err << "cairn: error: " << e.what() << " (see --help)\n";
     return 2;
+  }
+  if (auto rc = run_objectd_commands(*objectd_commands, json, out, err, getenv)) return *rc;
+
+  auto usage = [&](const std::string& message) {
+    err << "cairn: error: " << message << " (see --help)\n";
+    return 2;
+  };
+  // VOL SNAP, or VOL@SNAP alone.
+  if (*snap_create || *snap_info || *snap_delete) {
+    if (snap.empty()) {
+      auto ref = split_snapshot_ref(name);
+      if (!ref) return usage("give the snapshot as VOL SNAP or VOL@SNAP, not \"" + name + "\"");
+      name = ref->first;
+      snap = ref->second;
+    } else if (name.find('@') != std::string::npos) {
+      return usage("give the snapshot as VOL SNAP or VOL@SNAP, not both");
+    }
+  }
+  std::string clone_volume, clone_snapshot;
+  if (*clone) {
+    auto ref = split_snapshot_ref(source);
+    if (!ref) return usage("the clone source must be VOL@SNAP, not \"" + source + "\"");
+    clone_volume = ref->first;
+    clone_snapshot = ref->second;
   }
 
   if (api_url.empty()) api_url = getenv("CAIRN_API").value_or(kDefaultApiUrl);
@@ -250,6 +365,38 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     auto r = client.delete_volume(name, force);
     if (!r) return fail(r.error());
     if (!json) out << "deleted volume " << name << "\n";
+    return 0;
+  }
+  if (*clone) return show_volume(client.clone_volume(clone_volume, clone_snapshot, name));
+  if (*flatten) return show_volume(client.flatten_volume(name));
+  auto show_snapshot = [&](const ClientResult<cairn::v1::Snapshot>& r) {
+    if (!r) return fail(r.error());
+    out << (json ? format_json(r.value()) : format_snapshot_info(r.value()));
+    return 0;
+  };
+  if (*snap_create) return show_snapshot(client.create_snapshot(name, snap));
+  if (*snap_info) return show_snapshot(client.get_snapshot(name, snap));
+  if (*snap_list) {
+    auto r = client.list_snapshots(name);
+    if (!r) return fail(r.error());
+    if (json)
+      out << format_json(r.value());
+    else if (r.value().snapshots().empty())
+      out << "no snapshots of " << name << "\n";
+    else
+      out << format_snapshot_table(r.value());
+    return 0;
+  }
+  if (*snap_delete) {
+    auto r = client.delete_snapshot(name, snap);
+    if (!r) return fail(r.error());
+    if (!json) out << "deleted snapshot " << name << "@" << snap << "\n";
+    return 0;
+  }
+  if (*snap_diff) {
+    auto r = client.diff(name, from, to);
+    if (!r) return fail(r.error());
+    out << (json ? format_json(r.value()) : format_diff(r.value()));
     return 0;
   }
   if (*status) {

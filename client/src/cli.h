@@ -4,14 +4,23 @@
 // behaviour of the CLI can be tested in-process. Not thread-safe (one run per thread).
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "cairn/v1/objectd_admin.pb.h"
 #include "cairn/v1/volume.pb.h"
 #include "client/control_client.h"
+#include "common/sigv4.h"
+
+namespace CLI {
+class App;
+}
 
 namespace cairn::client {
 
@@ -40,7 +49,46 @@ std::string format_fields(const std::vector<std::pair<std::string, std::string>>
 std::string format_volume_table(const cairn::v1::ListVolumesResponse& list);
 std::string format_volume_info(const cairn::v1::Volume& volume);
 std::string format_node_status(const cairn::v1::NodeStatus& status);
+std::string format_snapshot_table(const cairn::v1::ListSnapshotsResponse& list);
+std::string format_snapshot_info(const cairn::v1::Snapshot& snapshot);
+// A table OFFSET LENGTH KIND (exact sizes in the largest unit that divides them), then a
+// totals line; "no changes" when there are no runs.
+std::string format_diff(const cairn::v1::DiffResponse& diff);
+// 65536 -> "64 KiB", 1073754112 -> "1048588 KiB", 1000 -> "1000 B": never rounded.
+std::string format_exact_size(uint64_t bytes);
+// "vol@snap" -> {"vol", "snap"}; nullopt unless both parts are non-empty and there is
+// exactly one '@'.
+std::optional<std::pair<std::string, std::string>> split_snapshot_ref(const std::string& ref);
 // Protobuf JSON (lowerCamelCase, every field printed), indented, with a final newline.
 std::string format_json(const google::protobuf::Message& msg);
+
+// ---- objectd commands (client/src/cli_objects.cc): `tenant ...`, `objects heal` ----
+
+constexpr const char* kDefaultS3Endpoint = "http://127.0.0.1:9000";
+constexpr const char* kDefaultS3CredentialsFile = "./var/objectd/s3.credentials";
+
+// The objectd commands' options and subcommands, registered on run_cli's app before parsing.
+struct ObjectdCommands;
+std::shared_ptr<ObjectdCommands> add_objectd_commands(CLI::App& app);
+// Runs the objectd command that was parsed; nullopt when none of them was selected.
+std::optional<int> run_objectd_commands(const ObjectdCommands& commands, bool json,
+                                        std::ostream& out, std::ostream& err,
+                                        const GetEnv& getenv);
+
+// Credential precedence: --access-key/--secret-key, --s3-credentials FILE,
+// $CAIRN_S3_ACCESS_KEY/$CAIRN_S3_SECRET_KEY, $CAIRN_S3_CREDENTIALS, then default_file if it
+// exists. Finding none is an error.
+ClientResult<sigv4::Credentials> resolve_s3_credentials(
+    const std::string& flag_access_key, const std::string& flag_secret_key,
+    const std::string& flag_file, const GetEnv& getenv,
+    const std::string& default_file = kDefaultS3CredentialsFile);
+// objectd's DATA_DIR/s3.credentials: access_key_id=... and secret_access_key=... lines.
+ClientResult<sigv4::Credentials> read_s3_credentials_file(const std::string& path);
+
+std::string format_tenant_table(const cairn::v1::ListTenantsResponse& list);
+std::string format_access_key(const cairn::v1::S3AccessKey& key);
+// "heal: 120/500 objects (24%), 3 healed, 0 failed, 12.5 MiB/s, ETA 31s" (no newline).
+std::string format_heal_progress(const cairn::v1::HealStatus& status);
+std::string format_heal_status(const cairn::v1::HealStatus& status);
 
 }  // namespace cairn::client

@@ -325,6 +325,17 @@ ClientResult<M> decode(ClientResult<HttpReply> reply, int expected_status) {
   return msg;
 }
 
+ClientResult<void> expect_no_content(ClientResult<HttpReply> reply) {
+  if (!reply) return outcome::failure(std::move(reply.error()));
+  if (reply.value().status != 204 && reply.value().status != 200)
+    return outcome::failure(reply_error(reply.value()));
+  return outcome::success();
+}
+
+std::string snapshots_path(const std::string& volume) {
+  return "/v1/volumes/" + encode_segment(volume) + "/snapshots";
+}
+
 }  // namespace
 
 ClientResult<cairn::v1::Volume> ControlClient::create_volume(const std::string& name,
@@ -354,15 +365,64 @@ ClientResult<cairn::v1::Volume> ControlClient::resize_volume(const std::string& 
 ClientResult<void> ControlClient::delete_volume(const std::string& name, bool force) {
   std::string target = "/v1/volumes/" + encode_segment(name);
   if (force) target += "?force=true";
-  auto reply = raw("DELETE", target);
-  if (!reply) return outcome::failure(std::move(reply.error()));
-  if (reply.value().status != 204 && reply.value().status != 200)
-    return outcome::failure(reply_error(reply.value()));
-  return outcome::success();
+  return expect_no_content(raw("DELETE", target));
 }
 
 ClientResult<cairn::v1::NodeStatus> ControlClient::status() {
   return decode<cairn::v1::NodeStatus>(raw("GET", "/v1/status"), 200);
+}
+
+ClientResult<cairn::v1::Snapshot> ControlClient::create_snapshot(const std::string& volume,
+                                                                 const std::string& snapshot) {
+  cairn::v1::CreateSnapshotRequest req;
+  req.set_name(snapshot);
+  return decode<cairn::v1::Snapshot>(raw("POST", snapshots_path(volume), to_json(req)), 201);
+}
+
+ClientResult<cairn::v1::ListSnapshotsResponse> ControlClient::list_snapshots(
+    const std::string& volume) {
+  return decode<cairn::v1::ListSnapshotsResponse>(raw("GET", snapshots_path(volume)), 200);
+}
+
+ClientResult<cairn::v1::Snapshot> ControlClient::get_snapshot(const std::string& volume,
+                                                              const std::string& snapshot) {
+  return decode<cairn::v1::Snapshot>(
+      raw("GET", snapshots_path(volume) + "/" + encode_segment(snapshot)), 200);
+}
+
+ClientResult<void> ControlClient::delete_snapshot(const std::string& volume,
+                                                  const std::string& snapshot) {
+  return expect_no_content(
+      raw("DELETE", snapshots_path(volume) + "/" + encode_segment(snapshot)));
+}
+
+ClientResult<cairn::v1::Volume> ControlClient::clone_volume(const std::string& volume,
+                                                            const std::string& snapshot,
+                                                            const std::string& new_volume) {
+  cairn::v1::CloneVolumeRequest req;
+  req.set_name(new_volume);
+  return decode<cairn::v1::Volume>(
+      raw("POST", snapshots_path(volume) + "/" + encode_segment(snapshot) + "/clone",
+          to_json(req)),
+      201);
+}
+
+ClientResult<cairn::v1::Volume> ControlClient::flatten_volume(const std::string& volume) {
+  return decode<cairn::v1::Volume>(
+      raw("POST", "/v1/volumes/" + encode_segment(volume) + "/flatten", "{}"), 200);
+}
+
+ClientResult<cairn::v1::DiffResponse> ControlClient::diff(const std::string& volume,
+                                                          const std::string& from,
+                                                          const std::string& to) {
+  std::string target = "/v1/volumes/" + encode_segment(volume) + "/diff";
+  char sep = '?';
+  if (!from.empty()) {
+    target += sep + ("from=" + encode_segment(from));
+    sep = '&';
+  }
+  if (!to.empty()) target += sep + ("to=" + encode_segment(to));
+  return decode<cairn::v1::DiffResponse>(raw("GET", target), 200);
 }
 
 }  // namespace cairn::client

@@ -144,12 +144,7 @@ Status Drive::format(const std::string& store_id, uint32_t drive_count) {
   for (const char* sub : {"/objects", "/tmp", "/meta"}) {
     CAIRN_TRY(make_dir(path_ + sub));
   }
-  char name[8];
-  for (int i = 0; i < kObjectSubdirs; ++i) {
-    snprintf(name, sizeof name, "/%02x", i);
-    CAIRN_TRY(make_dir(path_ + "/objects" + name));
-  }
-  CAIRN_TRY(fsync_dir(path_ + "/objects"));
+  // objects/<xx> directories are created on first use (ShardSet::commit).
   CAIRN_TRY(fsync_dir(path_));
   cairn::v1::ObjectDriveFormat fmt;
   fmt.set_version(kDriveFormatVersion);
@@ -158,7 +153,7 @@ Status Drive::format(const std::string& store_id, uint32_t drive_count) {
   fmt.set_position(static_cast<uint32_t>(position_));
   fmt.set_drive_count(drive_count);
   fmt.set_created_unix_ms(now_unix_ms());
-  return write_file_durable(path_ + "/format.pb", path_ + "/tmp/format.pb.tmp",
+  return write_file_durable(path_ + "/format.pb", path_ + "/format.pb.tmp",
                             fmt.SerializeAsString());
 }
 

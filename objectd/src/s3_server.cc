@@ -72,7 +72,9 @@ std::string_view Exchange::header(http::field f) const {
 }
 
 asio::awaitable<bool> Exchange::send_continue() {
-  if (continue_sent_ || parser_.is_done()) co_return true;
+  // Also for an empty body: a client that sent Expect: 100-continue (botocore does) keeps
+  // its connection's state right only if it sees the interim response.
+  if (continue_sent_) co_return true;
   continue_sent_ = true;
   if (!iequals_ascii(trim(header(http::field::expect)), "100-continue")) co_return true;
   http::response<http::empty_body> cont{http::status::continue_, req().version()};
@@ -85,9 +87,9 @@ asio::awaitable<bool> Exchange::send_continue() {
 
 asio::awaitable<Result<size_t>> Exchange::read_raw(char* buf, size_t len) {
   if (broken_) co_return ObjErrc::incomplete_body;
-  if (parser_.is_done() || len == 0) co_return size_t{0};
   bool sent = co_await send_continue();
   if (!sent) co_return ObjErrc::incomplete_body;
+  if (parser_.is_done() || len == 0) co_return size_t{0};
   auto& body = parser_.get().body();
   body.data = buf;
   body.size = len;
@@ -412,6 +414,7 @@ class S3Server::Impl {
       res.set(http::field::server, "Cairn");
       res.set(http::field::content_type, "application/xml");
       res.set(http::field::retry_after, "1");
+      res.set("x-amz-request-id", new_request_id());
       res.body() =
           "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
           "<Message>Too many connections; please reduce your request rate.</Message></Error>";

@@ -5,6 +5,7 @@
 #include <charconv>
 #include <optional>
 #include <sstream>
+#include <vector>
 
 #include "objectd/errors.h"
 
@@ -14,26 +15,50 @@ namespace {
 namespace pt = boost::property_tree;
 constexpr int kDepthMax = 8;
 
-// Rejects documents nested deeper than kDepthMax before the (recursive) parser sees them.
-bool shallow_enough(std::string_view xml) {
-  int depth = 0;
-  for (size_t i = 0; i + 1 < xml.size(); ++i) {
+// Checks the element structure before the (recursive, end-tag-lenient) parser sees the
+// document: nesting at most kDepthMax deep, and every end tag closing the element it should
+// (property_tree's parser does not compare end-tag names).
+bool well_nested(std::string_view xml) {
+  std::vector<std::string_view> open;
+  for (size_t i = 0; i < xml.size(); ++i) {
     if (xml[i] != '<') continue;
-    char next = xml[i + 1];
-    if (next == '/') {
-      --depth;
-    } else if (next != '?' && next != '!') {
-      size_t close = xml.find('>', i);
-      if (close == std::string_view::npos) return true;  // the parser rejects it
-      if (xml[close - 1] != '/' && ++depth > kDepthMax) return false;
+    if (xml.substr(i, 4) == "<!--") {
+      size_t e = xml.find("-->", i + 4);
+      if (e == std::string_view::npos) return false;
+      i = e + 2;
+      continue;
+    }
+    if (xml.substr(i, 9) == "<![CDATA[") {
+      size_t e = xml.find("]]>", i + 9);
+      if (e == std::string_view::npos) return false;
+      i = e + 2;
+      continue;
+    }
+    size_t close = xml.find('>', i);
+    if (close == std::string_view::npos) return false;
+    std::string_view tag = xml.substr(i + 1, close - i - 1);
+    i = close;
+    if (tag.empty() || tag[0] == '?' || tag[0] == '!') continue;
+    bool end_tag = tag[0] == '/';
+    if (end_tag) tag.remove_prefix(1);
+    bool self_closing = !end_tag && tag.back() == '/';
+    size_t name_end = tag.find_first_of(" \t\r\n/");
+    std::string_view name = tag.substr(0, name_end);
+    if (name.empty()) return false;
+    if (end_tag) {
+      if (open.empty() || open.back() != name) return false;
+      open.pop_back();
+    } else if (!self_closing) {
+      open.push_back(name);
+      if (open.size() > static_cast<size_t>(kDepthMax)) return false;
     }
   }
-  return true;
+  return open.empty();
 }
 
 // Parses `xml` and returns the root element named `root` (its attributes stripped).
 std::optional<pt::ptree> parse_root(std::string_view xml, std::string_view root) {
-  if (!shallow_enough(xml)) return std::nullopt;
+  if (!well_nested(xml)) return std::nullopt;
   try {
     std::istringstream in{std::string(xml)};
     pt::ptree tree;

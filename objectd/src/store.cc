@@ -237,6 +237,7 @@ Status StoreImpl::init() {
                     k_, m_, n_);
     return ObjErrc::invalid_argument;
   }
+  default_coder_ = &coder(static_cast<uint32_t>(k_), static_cast<uint32_t>(m_));
   std::error_code ec;
   std::filesystem::create_directories(opt_.data_dir, ec);
   if (ec) {
@@ -532,6 +533,8 @@ int StoreImpl::drives_online() {
 }
 
 const ErasureCoder& StoreImpl::coder(uint32_t k, uint32_t m) {
+  if (default_coder_ != nullptr && k == static_cast<uint32_t>(k_) && m == static_cast<uint32_t>(m_))
+    return *default_coder_;
   std::lock_guard lock(coders_mu_);
   auto& slot = coders_[{k, m}];
   if (slot == nullptr) {
@@ -586,6 +589,7 @@ Status StoreImpl::bucket_exists(const std::string& bucket) {
 }
 
 void StoreImpl::remove_version_files(const ObjectRecord& rec) {
+  if (!is_object_id(rec.id())) return;
   for (auto& d : drives_) {
     if (!d->online()) continue;  // left as an orphan; a heal pass removes it later
     ::unlink(d->object_path(rec.id()).c_str());
@@ -696,7 +700,7 @@ Status StoreImpl::create_tenant(const std::string& tenant) {
   if (!valid_name_token(tenant, 64)) return ObjErrc::invalid_argument;
   std::lock_guard lock(catalog_mu_);
   CAIRN_TRY(v, index_->get(tenant_key(tenant)));
-  if (v) return ok();
+  if (v) return Errc::already_exists;
   cairn::v1::TenantRecord t;
   t.set_name(tenant);
   t.set_created_unix_ms(now_unix_ms());
@@ -709,7 +713,7 @@ Result<AccessKey> StoreImpl::create_access_key(const std::string& tenant) {
   std::lock_guard lock(catalog_mu_);
   if (!valid_name_token(tenant, 64)) return ObjErrc::invalid_argument;
   CAIRN_TRY(v, index_->get(tenant_key(tenant)));
-  if (!v) return ObjErrc::invalid_argument;
+  if (!v) return Errc::not_found;
   cairn::v1::AccessKeyRecord r;
   for (;;) {
     r.set_access_key_id("AK" + random_alnum(18, true));
@@ -1184,9 +1188,9 @@ Status StoreImpl::abort_upload_locked(const ObjectRecord& upload) {
     std::string prefix = part_prefix(upload.id());
     for (it->Seek(prefix); it->Valid() && starts_with(as_view(it->key()), prefix); it->Next()) {
       ObjectRecord r;
-      if (r.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
-        batch.Delete(id_key(r.id()));
       batch.Delete(it->key());
+      if (!r.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
+      batch.Delete(id_key(r.id()));
       parts.push_back(std::move(r));
     }
   }

@@ -274,6 +274,7 @@ class StoreImpl final : public ObjectStore {
   std::vector<std::unique_ptr<Drive>> drives_;
   std::unique_ptr<Index> index_;
 
+  const ErasureCoder* default_coder_ = nullptr;  // k_+m_, set by init()
   std::mutex coders_mu_;
   std::map<std::pair<uint32_t, uint32_t>, std::unique_ptr<ErasureCoder>> coders_;
 

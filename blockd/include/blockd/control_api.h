@@ -1,4 +1,5 @@
-// ControlApi: blockd's HTTP/1.1 control API (volumes, node status, /metrics, /healthz).
+// ControlApi: blockd's HTTP/1.1 control API (volumes, snapshots and clones, node status,
+// /metrics, /healthz).
 //
 // Created by the daemon after the VolumeStore, which must outlive it; stop() (or the
 // destructor) returns only when no request is running any more. The API owns one

@@ -64,6 +64,21 @@ class ControlClient {
   ClientResult<void> delete_volume(const std::string& name, bool force = false);
   ClientResult<cairn::v1::NodeStatus> status();
 
+  // Snapshots ("volume@snapshot"), clones and changed-block diffs.
+  ClientResult<cairn::v1::Snapshot> create_snapshot(const std::string& volume,
+                                                    const std::string& snapshot);
+  ClientResult<cairn::v1::ListSnapshotsResponse> list_snapshots(const std::string& volume);
+  ClientResult<cairn::v1::Snapshot> get_snapshot(const std::string& volume,
+                                                 const std::string& snapshot);
+  ClientResult<void> delete_snapshot(const std::string& volume, const std::string& snapshot);
+  ClientResult<cairn::v1::Volume> clone_volume(const std::string& volume,
+                                               const std::string& snapshot,
+                                               const std::string& new_volume);
+  ClientResult<cairn::v1::Volume> flatten_volume(const std::string& volume);
+  // from empty: since the empty volume; to empty: up to the live volume.
+  ClientResult<cairn::v1::DiffResponse> diff(const std::string& volume, const std::string& from,
+                                             const std::string& to);
+
   // One request as given (target = path and query). Answers of any status are values;
   // only transport failures are errors. Sends the token unless with_token is false.
   ClientResult<HttpReply> raw(std::string_view method, std::string_view target,

@@ -108,7 +108,8 @@ struct HealStatus {
 };
 
 // Streams one object's data in. Not thread-safe (one request); destroying an uncommitted
-// writer aborts it (its shard files are removed).
+// writer aborts it (its shard files are removed). Writers and readers must be destroyed
+// before the ObjectStore that made them.
 class ObjectWriter {
  public:
   virtual ~ObjectWriter() = default;

@@ -9,8 +9,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -66,7 +68,9 @@ class FakeVolumeStore final : public VolumeStore {
     auto it = volumes_.find(name);
     if (it == volumes_.end()) return Errc::not_found;
     if (it->second.attached_connections > 0 && !force) return Errc::busy;
+    if (SnapshotInfo* parent = find_parent_locked(it->second)) --parent->clones;
     volumes_.erase(it);
+    snapshots_.erase(name);
     return ok();
   }
   Result<std::shared_ptr<Volume>> open_volume(const std::string&) override {
@@ -82,6 +86,99 @@ class FakeVolumeStore final : public VolumeStore {
     return s;
   }
 
+  // Snapshots: kept in creation order, answered newest first (the API must sort them).
+  Result<SnapshotInfo> create_snapshot(const std::string& volume,
+                                       const std::string& snapshot) override {
+    if (!snapshots_supported_) return VolumeStore::create_snapshot(volume, snapshot);
+    std::lock_guard lock(mu_);
+    auto it = volumes_.find(volume);
+    if (it == volumes_.end()) return Errc::not_found;
+    if (find_snapshot_locked(volume, snapshot)) return Errc::already_exists;
+    SnapshotInfo s;
+    s.id = next_id_++;
+    s.volume = volume;
+    s.name = snapshot;
+    s.seq = ++seq_;
+    s.created_unix_s = 1700000000 + static_cast<int64_t>(s.seq);
+    s.size_bytes = it->second.size_bytes;
+    s.shared_bytes = it->second.allocated_bytes;
+    snapshots_[volume].push_back(s);
+    return s;
+  }
+  Result<std::vector<SnapshotInfo>> list_snapshots(const std::string& volume) override {
+    if (!snapshots_supported_) return VolumeStore::list_snapshots(volume);
+    std::lock_guard lock(mu_);
+    if (!volumes_.count(volume)) return Errc::not_found;
+    auto it = snapshots_.find(volume);
+    if (it == snapshots_.end()) return std::vector<SnapshotInfo>{};
+    return std::vector<SnapshotInfo>(it->second.rbegin(), it->second.rend());
+  }
+  Status delete_snapshot(const std::string& volume, const std::string& snapshot) override {
+    if (!snapshots_supported_) return VolumeStore::delete_snapshot(volume, snapshot);
+    std::lock_guard lock(mu_);
+    SnapshotInfo* s = find_snapshot_locked(volume, snapshot);
+    if (!s) return Errc::not_found;
+    if (s->clones > 0 || exported_.count(volume + "@" + snapshot)) return Errc::busy;
+    auto& list = snapshots_[volume];
+    list.erase(list.begin() + (s - list.data()));
+    return ok();
+  }
+  Result<VolumeInfo> clone_volume(const std::string& volume, const std::string& snapshot,
+                                  const std::string& new_volume) override {
+    if (!snapshots_supported_) return VolumeStore::clone_volume(volume, snapshot, new_volume);
+    std::lock_guard lock(mu_);
+    SnapshotInfo* s = find_snapshot_locked(volume, snapshot);
+    if (!s) return Errc::not_found;
+    if (volumes_.count(new_volume)) return Errc::already_exists;
+    VolumeInfo v;
+    v.id = next_id_++;
+    v.name = new_volume;
+    v.size_bytes = s->size_bytes;
+    v.created_unix_s = 1700000000;
+    v.shared_bytes = s->shared_bytes;
+    v.parent = volume + "@" + snapshot;
+    ++s->clones;
+    volumes_[new_volume] = v;
+    return v;
+  }
+  Status flatten_volume(const std::string& volume) override {
+    if (!snapshots_supported_) return VolumeStore::flatten_volume(volume);
+    std::lock_guard lock(mu_);
+    auto it = volumes_.find(volume);
+    if (it == volumes_.end()) return Errc::not_found;
+    if (SnapshotInfo* parent = find_parent_locked(it->second)) --parent->clones;
+    it->second.exclusive_bytes += it->second.shared_bytes;
+    it->second.allocated_bytes = it->second.exclusive_bytes;
+    it->second.shared_bytes = 0;
+    it->second.parent.clear();
+    return ok();
+  }
+  // Answers diff_runs_ whatever the points are; remembers the last question.
+  Result<std::vector<DiffRun>> diff(const std::string& volume, const std::string& from,
+                                    const std::string& to) override {
+    if (!snapshots_supported_) return VolumeStore::diff(volume, from, to);
+    std::lock_guard lock(mu_);
+    if (!volumes_.count(volume)) return Errc::not_found;
+    if (!from.empty() && !find_snapshot_locked(volume, from)) return Errc::not_found;
+    if (!to.empty() && !find_snapshot_locked(volume, to)) return Errc::not_found;
+    last_diff_ = {volume, from, to};
+    return diff_runs_;
+  }
+
+  void set_snapshots_supported(bool supported) { snapshots_supported_ = supported; }
+  void set_exported(const std::string& ref) {
+    std::lock_guard lock(mu_);
+    exported_.insert(ref);
+  }
+  void set_diff_runs(std::vector<DiffRun> runs) {
+    std::lock_guard lock(mu_);
+    diff_runs_ = std::move(runs);
+  }
+  std::vector<std::string> last_diff() {
+    std::lock_guard lock(mu_);
+    return last_diff_;
+  }
+
   void set_attached(const std::string& name, uint32_t connections, uint64_t allocated_bytes) {
     std::lock_guard lock(mu_);
     volumes_.at(name).attached_connections = connections;
@@ -91,9 +188,28 @@ class FakeVolumeStore final : public VolumeStore {
   static constexpr uint64_t kCapacityBytes = 1ull << 40;
 
  private:
+  SnapshotInfo* find_snapshot_locked(const std::string& volume, const std::string& snapshot) {
+    auto it = snapshots_.find(volume);
+    if (it == snapshots_.end()) return nullptr;
+    for (SnapshotInfo& s : it->second)
+      if (s.name == snapshot) return &s;
+    return nullptr;
+  }
+  SnapshotInfo* find_parent_locked(const VolumeInfo& v) {
+    size_t at = v.parent.find('@');
+    if (at == std::string::npos) return nullptr;
+    return find_snapshot_locked(v.parent.substr(0, at), v.parent.substr(at + 1));
+  }
+
   std::mutex mu_;
   std::map<std::string, VolumeInfo> volumes_;
+  std::map<std::string, std::vector<SnapshotInfo>> snapshots_;  // by volume, oldest first
+  std::set<std::string> exported_;                              // "vol@snap" open over NBD
+  std::vector<DiffRun> diff_runs_;
+  std::vector<std::string> last_diff_;  // volume, from, to
+  std::atomic<bool> snapshots_supported_{true};
   uint64_t next_id_ = 1;
+  uint64_t seq_ = 0;
 };
 
 // The suite's fixture; the class under test is spelled blockd::ControlApi here.
@@ -461,6 +577,268 @@ TEST_F(ControlApi, AdminTokenIsCreatedOnceWithMode0600) {
   ASSERT_TRUE(other);
   EXPECT_NE(other.value(), token.value());
   std::filesystem::remove_all(tmpl);
+}
+
+// --- Snapshots, clones, diff ---------------------------------------------------------
+
+TEST_F(ControlApi, SnapshotCreateListGetDelete) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 30));
+  store_.set_attached("db", 0, 1 << 20);
+  auto s1 = client_->create_snapshot("db", "s1");
+  ASSERT_TRUE(s1) << s1.error().message;
+  EXPECT_EQ(s1.value().name(), "s1");
+  EXPECT_EQ(s1.value().volume(), "db");
+  EXPECT_EQ(s1.value().nbd_export(), "db@s1");
+  EXPECT_EQ(s1.value().size_bytes(), 1u << 30);
+  EXPECT_EQ(s1.value().shared_bytes(), 1u << 20);
+  EXPECT_EQ(s1.value().created_unix_s(), 1700000001);
+  ASSERT_TRUE(client_->create_snapshot("db", "s2"));
+  ASSERT_TRUE(client_->create_snapshot("db", "a-first-by-name"));
+
+  // The fake answers newest first; the API sorts oldest first.
+  auto list = client_->list_snapshots("db");
+  ASSERT_TRUE(list) << list.error().message;
+  ASSERT_EQ(list.value().snapshots_size(), 3);
+  EXPECT_EQ(list.value().snapshots(0).name(), "s1");
+  EXPECT_EQ(list.value().snapshots(1).name(), "s2");
+  EXPECT_EQ(list.value().snapshots(2).name(), "a-first-by-name");
+
+  auto got = client_->get_snapshot("db", "s2");
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(got.value().nbd_export(), "db@s2");
+  EXPECT_EQ(got.value().id(), list.value().snapshots(1).id());
+
+  auto deleted = client_->delete_snapshot("db", "s1");
+  ASSERT_TRUE(deleted) << deleted.error().message;
+  EXPECT_EQ(client_->list_snapshots("db").value().snapshots_size(), 2);
+  auto gone = client_->get_snapshot("db", "s1");
+  ASSERT_FALSE(gone);
+  EXPECT_EQ(gone.error().http_status, 404);
+
+  auto empty = client_->create_volume("empty", 1 << 20);
+  ASSERT_TRUE(empty);
+  EXPECT_EQ(client_->list_snapshots("empty").value().snapshots_size(), 0);
+}
+
+TEST_F(ControlApi, SnapshotJsonUsesCamelCaseAndStatusCodes) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 20));
+  auto r = client_->raw("POST", "/v1/volumes/db/snapshots", R"({"name":"s1"})");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r.value().status, 201) << r.value().body;
+  for (const char* field : {"\"nbdExport\":\"db@s1\"", "\"createdUnixS\":", "\"exclusiveBytes\":",
+                            "\"sharedBytes\":", "\"clones\":0", "\"volume\":\"db\""})
+    EXPECT_NE(r.value().body.find(field), std::string::npos) << field << " in " << r.value().body;
+  r = client_->raw("GET", "/v1/volumes/db");
+  for (const char* field : {"\"exclusiveBytes\":", "\"sharedBytes\":", "\"parent\":\"\""})
+    EXPECT_NE(r.value().body.find(field), std::string::npos) << field << " in " << r.value().body;
+  r = client_->raw("DELETE", "/v1/volumes/db/snapshots/s1");
+  EXPECT_EQ(r.value().status, 204);
+  EXPECT_EQ(r.value().body, "");
+}
+
+TEST_F(ControlApi, DuplicateSnapshotIsConflict) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 20));
+  ASSERT_TRUE(client_->create_snapshot("db", "s1"));
+  auto again = client_->create_snapshot("db", "s1");
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().http_status, 409);
+  EXPECT_EQ(again.error().code, Errc::already_exists);
+  EXPECT_NE(again.error().message.find("db@s1"), std::string::npos) << again.error().message;
+}
+
+TEST_F(ControlApi, BusySnapshotDeleteSaysWhy) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 20));
+  ASSERT_TRUE(client_->create_snapshot("db", "cloned"));
+  ASSERT_TRUE(client_->create_snapshot("db", "exported"));
+  ASSERT_TRUE(client_->clone_volume("db", "cloned", "child"));
+  store_.set_exported("db@exported");
+
+  auto r = client_->delete_snapshot("db", "cloned");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().http_status, 409);
+  EXPECT_EQ(r.error().code, Errc::busy);
+  EXPECT_NE(r.error().message.find("1 clone(s) depend on it"), std::string::npos)
+      << r.error().message;
+
+  r = client_->delete_snapshot("db", "exported");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().http_status, 409);
+  EXPECT_NE(r.error().message.find("exported over NBD as \"db@exported\""), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(client_->list_snapshots("db").value().snapshots_size(), 2);
+}
+
+TEST_F(ControlApi, CloneThenFlattenDetachesFromSnapshot) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 30));
+  store_.set_attached("db", 0, 1 << 20);
+  ASSERT_TRUE(client_->create_snapshot("db", "s1"));
+  auto clone = client_->clone_volume("db", "s1", "db-copy");
+  ASSERT_TRUE(clone) << clone.error().message;
+  EXPECT_EQ(clone.value().name(), "db-copy");
+  EXPECT_EQ(clone.value().parent(), "db@s1");
+  EXPECT_EQ(clone.value().size_bytes(), 1u << 30);
+  EXPECT_EQ(clone.value().shared_bytes(), 1u << 20);
+  EXPECT_EQ(clone.value().nbd_export(), "db-copy");
+  EXPECT_EQ(client_->get_snapshot("db", "s1").value().clones(), 1u);
+  EXPECT_EQ(client_->get_volume("db-copy").value().parent(), "db@s1");
+
+  auto again = client_->clone_volume("db", "s1", "db-copy");
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().http_status, 409);
+  EXPECT_EQ(again.error().code, Errc::already_exists);
+
+  auto flat = client_->flatten_volume("db-copy");
+  ASSERT_TRUE(flat) << flat.error().message;
+  EXPECT_EQ(flat.value().parent(), "");
+  EXPECT_EQ(flat.value().exclusive_bytes(), 1u << 20);
+  EXPECT_EQ(flat.value().shared_bytes(), 0u);
+  EXPECT_EQ(client_->get_snapshot("db", "s1").value().clones(), 0u);
+  EXPECT_TRUE(client_->delete_snapshot("db", "s1"));
+
+  // An empty body is accepted as well as "{}"; unknown fields are not.
+  auto r = client_->raw("POST", "/v1/volumes/db-copy/flatten");
+  EXPECT_EQ(r.value().status, 200) << r.value().body;
+  r = client_->raw("POST", "/v1/volumes/db-copy/flatten", R"({"fast":true})");
+  EXPECT_EQ(r.value().status, 400) << r.value().body;
+}
+
+TEST_F(ControlApi, DiffPassesPointsAndTotalsRuns) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 30));
+  ASSERT_TRUE(client_->create_snapshot("db", "s1"));
+  ASSERT_TRUE(client_->create_snapshot("db", "s.2"));
+  store_.set_diff_runs({{0, 65536, false}, {1 << 20, 4096, true}, {2 << 20, 8192, false}});
+
+  auto d = client_->diff("db", "s1", "s.2");
+  ASSERT_TRUE(d) << d.error().message;
+  EXPECT_EQ(store_.last_diff(), (std::vector<std::string>{"db", "s1", "s.2"}));
+  ASSERT_EQ(d.value().runs_size(), 3);
+  EXPECT_EQ(d.value().runs(1).offset_bytes(), 1u << 20);
+  EXPECT_EQ(d.value().runs(1).length_bytes(), 4096u);
+  EXPECT_TRUE(d.value().runs(1).zero());
+  EXPECT_FALSE(d.value().runs(2).zero());
+  EXPECT_EQ(d.value().changed_bytes(), 65536u + 8192u);
+  EXPECT_EQ(d.value().zeroed_bytes(), 4096u);
+
+  ASSERT_TRUE(client_->diff("db", "", ""));
+  EXPECT_EQ(store_.last_diff(), (std::vector<std::string>{"db", "", ""}));
+  ASSERT_TRUE(client_->diff("db", "s1", ""));
+  EXPECT_EQ(store_.last_diff(), (std::vector<std::string>{"db", "s1", ""}));
+  ASSERT_TRUE(client_->diff("db", "", "s1"));
+  EXPECT_EQ(store_.last_diff(), (std::vector<std::string>{"db", "", "s1"}));
+
+  auto r = client_->raw("GET", "/v1/volumes/db/diff?from=s1&to=s%2E2&from=s1");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r.value().status, 200) << r.value().body;
+  EXPECT_EQ(store_.last_diff(), (std::vector<std::string>{"db", "s1", "s.2"}));
+  for (const char* field : {"\"offsetBytes\":\"1048576\"", "\"lengthBytes\":\"4096\"",
+                            "\"zero\":true", "\"changedBytes\":\"73728\"",
+                            "\"zeroedBytes\":\"4096\""})
+    EXPECT_NE(r.value().body.find(field), std::string::npos) << field << " in " << r.value().body;
+  r = client_->raw("GET", "/v1/volumes/db/diff?from=&to=");
+  EXPECT_EQ(r.value().status, 200) << r.value().body;
+  EXPECT_EQ(store_.last_diff(), (std::vector<std::string>{"db", "", ""}));
+}
+
+TEST_F(ControlApi, UnknownSnapshotOrVolumeIsNotFound) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 20));
+  ASSERT_TRUE(client_->create_snapshot("db", "s1"));
+  auto get = client_->get_snapshot("db", "nope");
+  ASSERT_FALSE(get);
+  EXPECT_EQ(get.error().http_status, 404);
+  EXPECT_EQ(get.error().code, Errc::not_found);
+  EXPECT_NE(get.error().message.find("db@nope"), std::string::npos) << get.error().message;
+  auto del = client_->delete_snapshot("db", "nope");
+  ASSERT_FALSE(del);
+  EXPECT_EQ(del.error().http_status, 404);
+  auto clone = client_->clone_volume("db", "nope", "c");
+  ASSERT_FALSE(clone);
+  EXPECT_EQ(clone.error().http_status, 404);
+  auto diff = client_->diff("db", "nope", "");
+  ASSERT_FALSE(diff);
+  EXPECT_EQ(diff.error().http_status, 404);
+
+  // An unknown volume is named as such.
+  auto create = client_->create_snapshot("ghost", "s1");
+  ASSERT_FALSE(create);
+  EXPECT_EQ(create.error().http_status, 404);
+  EXPECT_NE(create.error().message.find("no volume \"ghost\""), std::string::npos)
+      << create.error().message;
+  auto list = client_->list_snapshots("ghost");
+  ASSERT_FALSE(list);
+  EXPECT_EQ(list.error().http_status, 404);
+  EXPECT_EQ(client_->get_snapshot("ghost", "s1").error().http_status, 404);
+  EXPECT_EQ(client_->flatten_volume("ghost").error().http_status, 404);
+  EXPECT_EQ(client_->diff("ghost", "", "").error().http_status, 404);
+  EXPECT_EQ(client_->clone_volume("ghost", "s1", "c").error().http_status, 404);
+  EXPECT_FALSE(client_->get_volume("c"));
+}
+
+TEST_F(ControlApi, BadSnapshotNamesAreBadRequest) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 20));
+  ASSERT_TRUE(client_->create_snapshot("db", "s1"));
+  for (std::string bad : {std::string("a@b"), std::string("-x"), std::string(""),
+                          std::string("a/b"), std::string(kVolumeNameMaxBytes + 1, 's')}) {
+    auto r = client_->create_snapshot("db", bad);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(r.error().http_status, 400) << bad;
+    EXPECT_EQ(r.error().code, Errc::invalid_argument) << bad;
+    auto c = client_->clone_volume("db", "s1", bad);
+    ASSERT_FALSE(c) << bad;
+    EXPECT_EQ(c.error().http_status, 400) << bad;
+  }
+  EXPECT_EQ(client_->diff("db", "a@b", "").error().http_status, 400);
+  EXPECT_EQ(client_->diff("db", "", "-x").error().http_status, 400);
+  auto r = client_->raw("GET", "/v1/volumes/db/diff?from=%zz");
+  EXPECT_EQ(r.value().status, 400) << r.value().body;
+  r = client_->raw("POST", "/v1/volumes/db/snapshots", R"({"name":"s2","size":1})");
+  EXPECT_EQ(r.value().status, 400) << r.value().body;
+  r = client_->raw("POST", "/v1/volumes/db/snapshots/s1/clone", "not json");
+  EXPECT_EQ(r.value().status, 400) << r.value().body;
+  EXPECT_EQ(client_->list_snapshots("db").value().snapshots_size(), 1);
+  EXPECT_EQ(client_->list_volumes().value().volumes_size(), 1);
+}
+
+TEST_F(ControlApi, SnapshotsUnsupportedByEngineIsNotImplemented) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 20));
+  store_.set_snapshots_supported(false);
+  auto create = client_->create_snapshot("db", "s1");
+  ASSERT_FALSE(create);
+  EXPECT_EQ(create.error().http_status, 501);
+  EXPECT_EQ(create.error().code, Errc::unsupported);
+  EXPECT_NE(create.error().message.find("does not implement snapshots"), std::string::npos)
+      << create.error().message;
+  EXPECT_EQ(client_->list_snapshots("db").error().http_status, 501);
+  EXPECT_EQ(client_->get_snapshot("db", "s1").error().http_status, 501);
+  EXPECT_EQ(client_->delete_snapshot("db", "s1").error().http_status, 501);
+  EXPECT_EQ(client_->clone_volume("db", "s1", "c").error().http_status, 501);
+  EXPECT_EQ(client_->flatten_volume("db").error().http_status, 501);
+  EXPECT_EQ(client_->diff("db", "", "").error().http_status, 501);
+  auto raw = client_->raw("GET", "/v1/volumes/db/snapshots");
+  EXPECT_NE(raw.value().body.find("\"code\":\"unsupported\""), std::string::npos)
+      << raw.value().body;
+}
+
+TEST_F(ControlApi, SnapshotRoutesWrongMethodAndUnknownPath) {
+  ASSERT_TRUE(client_->create_volume("db", 1 << 20));
+  const std::pair<const char*, const char*> wrong[] = {
+      {"PUT", "/v1/volumes/db/snapshots"},         {"POST", "/v1/volumes/db/snapshots/s1"},
+      {"GET", "/v1/volumes/db/snapshots/s1/clone"}, {"GET", "/v1/volumes/db/flatten"},
+      {"POST", "/v1/volumes/db/diff"},              {"DELETE", "/v1/volumes/db/diff"},
+  };
+  for (auto [method, path] : wrong) {
+    auto r = client_->raw(method, path);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r.value().status, 405) << method << " " << path;
+  }
+  for (const char* path :
+       {"/v1/volumes/db/snapshots/s1/copy", "/v1/volumes/db/snapshots/s1/clone/x",
+        "/v1/volumes/db/diff/x", "/v1/volumes/db/snapshot"}) {
+    auto r = client_->raw("GET", path);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r.value().status, 404) << path;
+  }
+  auto anonymous = client_->raw("GET", "/v1/volumes/db/snapshots", {}, /*with_token=*/false);
+  EXPECT_EQ(anonymous.value().status, 401);
 }
 
 TEST(MetricsRegistry, RendersPrometheusText) {

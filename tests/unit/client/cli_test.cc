@@ -90,15 +90,120 @@ TEST(Cli, FormatsVolumeInfoAsKeyValueBlock) {
   v.set_created_unix_s(1700000000);
   v.set_attached_connections(1);
   v.set_nbd_export("db");
+  v.set_exclusive_bytes(4096);
   EXPECT_EQ(format_volume_info(v),
             "name:        db\n"
             "id:          7\n"
             "size:        10 GiB (10737418240 bytes)\n"
             "allocated:   4 KiB (4096 bytes)\n"
+            "exclusive:   4 KiB (4096 bytes)\n"
+            "shared:      0 B\n"
             "extent size: 64 KiB\n"
             "created:     2023-11-14T22:13:20Z\n"
             "attached:    1 connection(s)\n"
-            "nbd export:  db\n");
+            "nbd export:  db\n"
+            "parent:      -\n");
+  v.set_parent("base@gold");
+  v.set_shared_bytes(3ull << 30);
+  std::string text = format_volume_info(v);
+  EXPECT_NE(text.find("shared:      3 GiB (3221225472 bytes)\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("parent:      base@gold\n"), std::string::npos) << text;
+}
+
+TEST(Cli, FormatsSnapshotTable) {
+  cairn::v1::ListSnapshotsResponse list;
+  auto* a = list.add_snapshots();
+  a->set_name("nightly-1");
+  a->set_created_unix_s(1700000000);
+  a->set_size_bytes(10ull << 30);
+  a->set_exclusive_bytes(64ull << 20);
+  a->set_shared_bytes(1536ull << 20);
+  a->set_clones(2);
+  auto* b = list.add_snapshots();
+  b->set_name("s2");
+  b->set_created_unix_s(1700003600);
+  b->set_size_bytes(10ull << 30);
+  EXPECT_EQ(format_snapshot_table(list),
+            "NAME       CREATED               SIZE    EXCLUSIVE  SHARED   CLONES\n"
+            "nightly-1  2023-11-14T22:13:20Z  10 GiB  64 MiB     1.5 GiB  2\n"
+            "s2         2023-11-14T23:13:20Z  10 GiB  0 B        0 B      0\n");
+}
+
+TEST(Cli, FormatsSnapshotInfo) {
+  cairn::v1::Snapshot s;
+  s.set_name("s1");
+  s.set_volume("db");
+  s.set_id(9);
+  s.set_created_unix_s(1700000000);
+  s.set_size_bytes(1ull << 30);
+  s.set_exclusive_bytes(8192);
+  s.set_shared_bytes(1ull << 20);
+  s.set_clones(1);
+  s.set_nbd_export("db@s1");
+  EXPECT_EQ(format_snapshot_info(s),
+            "name:       s1\n"
+            "volume:     db\n"
+            "id:         9\n"
+            "created:    2023-11-14T22:13:20Z\n"
+            "size:       1 GiB (1073741824 bytes)\n"
+            "exclusive:  8 KiB (8192 bytes)\n"
+            "shared:     1 MiB (1048576 bytes)\n"
+            "clones:     1\n"
+            "nbd export: db@s1\n");
+}
+
+TEST(Cli, FormatsDiffTableWithExactSizesAndTotals) {
+  cairn::v1::DiffResponse d;
+  auto add = [&](uint64_t offset, uint64_t length, bool zero) {
+    auto* r = d.add_runs();
+    r->set_offset_bytes(offset);
+    r->set_length_bytes(length);
+    r->set_zero(zero);
+  };
+  add(0, 65536, false);
+  add(1ull << 20, 4096, true);
+  add((1ull << 30) + 12288, 1536ull << 20, false);
+  d.set_changed_bytes(65536 + (1536ull << 20));
+  d.set_zeroed_bytes(4096);
+  EXPECT_EQ(format_diff(d),
+            "OFFSET       LENGTH    KIND\n"
+            "0 B          64 KiB    data\n"
+            "1 MiB        4 KiB     zero\n"
+            "1048588 KiB  1536 MiB  data\n"
+            "total: 3 run(s), 1.5 GiB (1610678272 bytes) changed, 4 KiB (4096 bytes) zeroed\n");
+  EXPECT_EQ(format_diff(cairn::v1::DiffResponse{}), "no changes\n");
+}
+
+TEST(Cli, ExactSizesAreNeverRounded) {
+  EXPECT_EQ(format_exact_size(0), "0 B");
+  EXPECT_EQ(format_exact_size(512), "512 B");
+  EXPECT_EQ(format_exact_size(1000), "1000 B");
+  EXPECT_EQ(format_exact_size(1024), "1 KiB");
+  EXPECT_EQ(format_exact_size(1536), "1536 B");
+  EXPECT_EQ(format_exact_size(3ull << 40), "3 TiB");
+  EXPECT_EQ(format_exact_size(1ull << 60), "1024 PiB");
+}
+
+TEST(Cli, DiffJsonUsesProtobufMapping) {
+  cairn::v1::DiffResponse d;
+  auto* r = d.add_runs();
+  r->set_offset_bytes(4096);
+  r->set_length_bytes(8192);
+  d.set_changed_bytes(8192);
+  std::string json = format_json(d);
+  for (const char* field : {"\"offsetBytes\": \"4096\"", "\"lengthBytes\": \"8192\"",
+                            "\"zero\": false", "\"changedBytes\": \"8192\"",
+                            "\"zeroedBytes\": \"0\""})
+    EXPECT_NE(json.find(field), std::string::npos) << field << " in " << json;
+}
+
+TEST(Cli, SplitsSnapshotRefs) {
+  auto ref = split_snapshot_ref("db@s1");
+  ASSERT_TRUE(ref);
+  EXPECT_EQ(ref->first, "db");
+  EXPECT_EQ(ref->second, "s1");
+  for (const char* bad : {"db", "@s1", "db@", "a@b@c", "", "@"})
+    EXPECT_FALSE(split_snapshot_ref(bad)) << bad;
 }
 
 TEST(Cli, FormatsNodeStatus) {
@@ -156,7 +261,18 @@ TEST(Cli, UsageErrorsExitTwo) {
                                         {"volume", "create", "x", "--size", "10Q"},
                                         {"volume", "frobnicate"},
                                         {"--bogus", "status"},
-                                        {"volume", "info"}}) {
+                                        {"volume", "info"},
+                                        {"snapshot"},
+                                        {"snapshot", "create", "db"},
+                                        {"snapshot", "create", "db@"},
+                                        {"snapshot", "create", "db@s1", "s2"},
+                                        {"snapshot", "delete", "db"},
+                                        {"snapshot", "list"},
+                                        {"snapshot", "diff"},
+                                        {"snapshot", "diff", "db", "--from"},
+                                        {"volume", "clone", "db", "copy"},
+                                        {"volume", "clone", "db@s1"},
+                                        {"volume", "flatten"}}) {
     auto r = run(args, {{"CAIRN_API", kDeadApi}});
     EXPECT_EQ(r.status, 2) << r.err;
     EXPECT_EQ(r.err.rfind("cairn: error: ", 0), 0u) << r.err;

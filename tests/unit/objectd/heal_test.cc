@@ -481,6 +481,7 @@ TEST_F(ObjectStoreHeal, OrphansRemovedAfterGrace) {
   // a stale temp file.
   const std::string orphan_id = "00112233445566778899aabbccddeeff";
   const std::string orphan = drive_dir(0) + "/objects/00/" + orphan_id;
+  fs::create_directories(drive_dir(0) + "/objects/00");
   fs::copy_file(shard_path(rec, 0), orphan);
   const std::string stale_tmp = drive_dir(1) + "/tmp/" + orphan_id + ".3";
   std::ofstream(stale_tmp) << "partial";
