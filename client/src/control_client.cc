@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "common/asio.h"
+#include "http_url.h"
 
 namespace cairn::client {
 namespace {
@@ -13,49 +14,6 @@ using tcp = asio::ip::tcp;
 namespace outcome = boost::outcome_v2;
 
 constexpr size_t kReplyBodyMaxBytes = 64 * 1024 * 1024;
-
-struct ParsedUrl {
-  std::string host;  // without IPv6 brackets
-  std::string port;
-  std::string prefix;  // path prefix without trailing '/'
-  std::string host_header;
-};
-
-std::optional<ParsedUrl> parse_url(std::string_view url) {
-  constexpr std::string_view kScheme = "http://";
-  if (url.substr(0, kScheme.size()) != kScheme) return std::nullopt;
-  std::string_view rest = url.substr(kScheme.size());
-  size_t slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  std::string_view path = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash);
-  ParsedUrl out;
-  std::string_view port;
-  if (!authority.empty() && authority.front() == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) return std::nullopt;
-    out.host = std::string(authority.substr(1, close - 1));
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') return std::nullopt;
-      port = after.substr(1);
-    }
-  } else {
-    size_t colon = authority.rfind(':');
-    out.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port = authority.substr(colon + 1);
-  }
-  if (out.host.empty()) return std::nullopt;
-  if (port.empty()) port = "80";
-  if (port.size() > 5) return std::nullopt;
-  for (char c : port)
-    if (c < '0' || c > '9') return std::nullopt;
-  if (std::stoul(std::string(port)) > 65535) return std::nullopt;
-  out.port = std::string(port);
-  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
-  out.prefix = std::string(path);
-  out.host_header = std::string(authority);
-  return out;
-}
 
 std::string encode_segment(std::string_view s) {
   static const char* kHex = "0123456789ABCDEF";
@@ -140,7 +98,7 @@ class ControlClient::Impl {
   Impl(std::string base_url, std::string token, Options options)
       : base_url_(std::move(base_url)), token_(std::move(token)), options_(options) {
     while (!base_url_.empty() && base_url_.back() == '/') base_url_.pop_back();
-    url_ = parse_url(base_url_);
+    url_ = parse_http_url(base_url_);
   }
 
   const std::string& base_url() const { return base_url_; }
@@ -270,7 +228,7 @@ class ControlClient::Impl {
   std::string base_url_;
   std::string token_;
   Options options_;
-  std::optional<ParsedUrl> url_;
+  std::optional<HttpUrl> url_;
   asio::io_context ioc_{1};
   std::optional<beast::tcp_stream> stream_;
   beast::flat_buffer buffer_;

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "common/asio.h"
+#include "http_url.h"
 
 namespace cairn::client {
 namespace {
@@ -16,43 +17,11 @@ namespace outcome = boost::outcome_v2;
 constexpr size_t kReplyBodyMaxBytes = 16 * 1024 * 1024;
 constexpr std::string_view kAdminPrefix = "/_cairn/admin";
 
-struct Endpoint {
-  std::string host;  // without IPv6 brackets
-  std::string port;
-  std::string host_header;
-};
-
-std::optional<Endpoint> parse_endpoint(std::string_view url) {
-  constexpr std::string_view kScheme = "http://";
-  if (url.substr(0, kScheme.size()) != kScheme) return std::nullopt;
-  std::string_view authority = url.substr(kScheme.size());
-  while (!authority.empty() && authority.back() == '/') authority.remove_suffix(1);
-  if (authority.find('/') != std::string_view::npos) return std::nullopt;  // no path prefix
-  Endpoint out;
-  std::string_view port;
-  if (!authority.empty() && authority.front() == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) return std::nullopt;
-    out.host = std::string(authority.substr(1, close - 1));
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') return std::nullopt;
-      port = after.substr(1);
-    }
-  } else {
-    size_t colon = authority.rfind(':');
-    out.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port = authority.substr(colon + 1);
-  }
-  if (out.host.empty()) return std::nullopt;
-  if (port.empty()) port = "80";
-  if (port.size() > 5) return std::nullopt;
-  for (char c : port)
-    if (c < '0' || c > '9') return std::nullopt;
-  if (std::stoul(std::string(port)) > 65535) return std::nullopt;
-  out.port = std::string(port);
-  out.host_header = std::string(authority);
-  return out;
+// The admin API lives at the endpoint's root: a path prefix is refused.
+std::optional<HttpUrl> parse_endpoint(std::string_view url) {
+  auto u = parse_http_url(url);
+  if (!u || !u->prefix.empty()) return std::nullopt;
+  return u;
 }
 
 ClientError make_error(std::error_code code, int http_status, std::string message) {
@@ -130,7 +99,7 @@ int64_t system_now_s() {
 // One request on a fresh connection, driven on a private io_context.
 class Exchange {
  public:
-  Exchange(const Endpoint& ep, std::chrono::milliseconds timeout)
+  Exchange(const HttpUrl& ep, std::chrono::milliseconds timeout)
       : ep_(ep), timeout_(timeout), stream_(ioc_) {}
 
   // Returns the error (if any) and the stage it happened in.
@@ -173,7 +142,7 @@ class Exchange {
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
   }
 
-  const Endpoint& ep_;
+  const HttpUrl& ep_;
   std::chrono::milliseconds timeout_;
   asio::io_context ioc_{1};
   beast::tcp_stream stream_;
