@@ -6,6 +6,7 @@
 
 #include "common/asio.h"
 #include "http_url.h"
+#include "json_reply.h"
 
 namespace cairn::client {
 namespace {
@@ -271,16 +272,7 @@ template <class M>
 ClientResult<M> decode(ClientResult<HttpReply> reply, int expected_status) {
   if (!reply) return outcome::failure(std::move(reply.error()));
   if (reply.value().status != expected_status) return outcome::failure(reply_error(reply.value()));
-  M msg;
-  google::protobuf::util::JsonParseOptions opts;
-  opts.ignore_unknown_fields = true;  // a newer server may add fields
-  auto st = google::protobuf::util::JsonStringToMessage(reply.value().body, &msg, opts);
-  if (!st.ok()) {
-    return outcome::failure(make_error(
-        Errc::corrupt, reply.value().status,
-        "malformed answer from server: " + std::string(st.message().data(), st.message().size())));
-  }
-  return msg;
+  return parse_json_reply<M>(reply.value());
 }
 
 ClientResult<void> expect_no_content(ClientResult<HttpReply> reply) {

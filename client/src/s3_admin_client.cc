@@ -7,6 +7,7 @@
 
 #include "common/asio.h"
 #include "http_url.h"
+#include "json_reply.h"
 
 namespace cairn::client {
 namespace {
@@ -76,16 +77,7 @@ template <class M>
 ClientResult<M> decode(ClientResult<HttpReply> reply, int expected_status) {
   if (!reply) return outcome::failure(std::move(reply.error()));
   if (reply.value().status != expected_status) return outcome::failure(reply_error(reply.value()));
-  M msg;
-  google::protobuf::util::JsonParseOptions opts;
-  opts.ignore_unknown_fields = true;  // a newer server may add fields
-  auto st = google::protobuf::util::JsonStringToMessage(reply.value().body, &msg, opts);
-  if (!st.ok()) {
-    return outcome::failure(make_error(
-        Errc::corrupt, reply.value().status,
-        "malformed answer from server: " + std::string(st.message().data(), st.message().size())));
-  }
-  return msg;
+  return parse_json_reply<M>(reply.value());
 }
 
 std::string encode_segment(std::string_view s) { return sigv4::uri_encode(s, true); }

@@ -1,5 +1,6 @@
 // Allocator: allocation, quarantine, the open-time scan; and, through the store, that reused
 // physical space never shows a former owner's bytes.
+#include "test_support.h"
 #include "allocator.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +16,8 @@
 
 namespace cairn::blockd {
 namespace {
+
+using namespace cairn::blockd::test;
 
 std::vector<Allocator::Run> scan(Allocator& a, std::vector<uint64_t> used, uint64_t device) {
   for (uint64_t u : used) a.mark_used(u);
@@ -92,19 +95,6 @@ TEST(Allocator, CoalescesAdjacentExtents) {
 }
 
 // --- through the store: reuse after delete ------------------------------------------------
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cairn-alloc-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 bool all_zero(const std::vector<uint8_t>& v, size_t from = 0, size_t to = SIZE_MAX) {
   to = std::min(to, v.size());

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "test_support.h"
 #include "blockd/sim_block_device.h"
 #include "blockd/volume_store.h"
 #include "common/assert.h"
@@ -29,33 +30,13 @@
 namespace cairn::blockd {
 namespace {
 
+using namespace cairn::blockd::test;
+
 constexpr uint64_t kSector = 512;
 constexpr uint64_t kVolBytes = 1 << 20;
 constexpr uint64_t kSectors = kVolBytes / kSector;
 constexpr int kVolumes = 2;
 constexpr int kCycles = 6;  // crash + recover + verify rounds per test
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cairn-crash-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    CAIRN_ASSERT(p != nullptr);
-    path_ = p;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-uint64_t test_seed(uint64_t fallback) {
-  const char* env = getenv("CAIRN_SEED");
-  uint64_t seed = env != nullptr ? strtoull(env, nullptr, 10) : fallback;
-  printf("CAIRN_SEED=%llu\n", static_cast<unsigned long long>(seed));
-  return seed;
-}
 
 // Sector contents: word i = base ^ (i * K), base = magic | tag | sector | generation.
 constexpr uint64_t kMagic = 0xC5ull << 56;

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "test_support.h"
 #include "blockd/sim_block_device.h"
 #include "blockd/volume_store.h"
 #include "common/assert.h"
@@ -30,79 +31,12 @@
 namespace cairn::blockd {
 namespace {
 
+using namespace cairn::blockd::test;
+
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kExt = kExtentSizeBytes;
 constexpr uint64_t kBlk = kBlockSizeBytes;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cairn-snap-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    CAIRN_ASSERT(p != nullptr);
-    path_ = p;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-uint64_t test_seed(uint64_t fallback) {
-  const char* env = getenv("CAIRN_SEED");
-  uint64_t seed = env != nullptr ? strtoull(env, nullptr, 10) : fallback;
-  printf("CAIRN_SEED=%llu\n", static_cast<unsigned long long>(seed));
-  return seed;
-}
-
-// Arms one fault point for the scope of a test, and disarms it after.
-class ScopedFault {
- public:
-  explicit ScopedFault(const std::string& spec) {
-    setenv("CAIRN_FAULTS", spec.c_str(), 1);
-    CAIRN_ASSERT(arm_faults_from_env());
-  }
-  ~ScopedFault() {
-    setenv("CAIRN_FAULTS", "blockd.test.none:error=EIO", 1);  // an empty spec would not disarm
-    CAIRN_ASSERT(arm_faults_from_env());
-    unsetenv("CAIRN_FAULTS");
-  }
-};
-
-// A Reactor on its own thread; run() executes a task there and blocks for its result.
-class ReactorThread {
- public:
-  ReactorThread() {
-    auto r = Reactor::create(256);
-    CAIRN_ASSERT(r);
-    reactor_ = std::move(r.value());
-    thread_ = std::thread([this] { reactor_->run(); });
-  }
-  ~ReactorThread() {
-    reactor_->stop();
-    thread_.join();
-  }
-  Status run(Task<Status> t) { return start(std::move(t)).get(); }
-  std::future<Status> start(Task<Status> t) {
-    auto task = std::make_shared<Task<Status>>(std::move(t));
-    auto done = std::make_shared<std::promise<Status>>();
-    std::future<Status> result = done->get_future();
-    reactor_->post([task, done] { spawn(drive(std::move(*task), done)); });
-    return result;
-  }
-
- private:
-  static Task<void> drive(Task<Status> t, std::shared_ptr<std::promise<Status>> done) {
-    Status st = co_await std::move(t);
-    done->set_value(st);
-  }
-  std::unique_ptr<Reactor> reactor_;
-  std::thread thread_;
-};
-
-enum class Backend { sim, uring };
-const char* backend_name(Backend b) { return b == Backend::sim ? "sim" : "uring"; }
 
 class Env {
  public:

@@ -1,6 +1,7 @@
 // VolumeStore end to end, over both devices: SimBlockDevice driven by run_sync on the test
 // thread, and UringBlockDevice on a real temp dir driven by a Reactor on its own thread.
 // Each test runs its scenario once per backend (SCOPED_TRACE names which).
+#include "test_support.h"
 #include "blockd/volume_store.h"
 
 #include <gtest/gtest.h>
@@ -26,56 +27,10 @@
 namespace cairn::blockd {
 namespace {
 
+using namespace cairn::blockd::test;
+
 constexpr uint64_t kMiB = 1 << 20;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cairn-vstore-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    CAIRN_ASSERT(p != nullptr);
-    path_ = p;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// A Reactor on its own thread; run() executes a task there and blocks for its result.
-class ReactorThread {
- public:
-  ReactorThread() {
-    auto r = Reactor::create(256);
-    CAIRN_ASSERT(r);
-    reactor_ = std::move(r.value());
-    thread_ = std::thread([this] { reactor_->run(); });
-  }
-  ~ReactorThread() {
-    reactor_->stop();
-    thread_.join();
-  }
-  Status run(Task<Status> t) { return start(std::move(t)).get(); }
-  std::future<Status> start(Task<Status> t) {
-    auto task = std::make_shared<Task<Status>>(std::move(t));
-    auto done = std::make_shared<std::promise<Status>>();
-    std::future<Status> result = done->get_future();
-    reactor_->post([task, done] { spawn(drive(std::move(*task), done)); });
-    return result;
-  }
-
- private:
-  static Task<void> drive(Task<Status> t, std::shared_ptr<std::promise<Status>> done) {
-    Status st = co_await std::move(t);
-    done->set_value(st);
-  }
-  std::unique_ptr<Reactor> reactor_;
-  std::thread thread_;
-};
-
-enum class Backend { sim, uring };
-const char* backend_name(Backend b) { return b == Backend::sim ? "sim" : "uring"; }
 
 // One store over one backend, reopenable on the same directory (and the same sim disk).
 class Env {

@@ -1,5 +1,6 @@
 // The cairn CLI in-process: formatting, token lookup, exit statuses. Talking to a live
 // server is covered by tests/unit/blockd/control_api_test.cc (ControlClient).
+#include "temp_dir.h"
 #include "cli.h"
 
 #include <gtest/gtest.h>
@@ -12,6 +13,8 @@
 
 namespace cairn::client {
 namespace {
+
+using cairn::test::TempDir;
 
 struct CliRun {
   int status;
@@ -35,24 +38,6 @@ CliRun run(std::vector<std::string> args, std::map<std::string, std::string> env
   int status = run_cli(static_cast<int>(argv.size()), argv.data(), out, err, env_of(env));
   return {status, out.str(), err.str()};
 }
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cairn-cli-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::string p = path_ + "/" + name;
-    std::ofstream(p) << content;
-    return p;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // A port nothing listens on (port 1 needs root to bind; nobody does in tests).
 constexpr const char* kDeadApi = "http://127.0.0.1:1";

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "temp_dir.h"
 #include "common/assert.h"
 #include "objectd/object_store.h"
 #include "shard_file.h"
@@ -22,6 +23,8 @@
 
 namespace cairn::objectd {
 namespace {
+
+using cairn::test::TempDir;
 
 namespace fs = std::filesystem;
 using engine::StripeLayout;
@@ -44,21 +47,6 @@ uint64_t test_seed() {
   }();
   return seed;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cairn-objheal-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    CAIRN_ASSERT(p != nullptr);
-    path_ = p;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string random_bytes(size_t n, std::mt19937_64& rng) {
   std::string s(n, '\0');

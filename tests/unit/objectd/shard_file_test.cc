@@ -1,5 +1,6 @@
 // Shard file framing: header, per-block CRC32C, record trailer (FORMAT-objectd.md). Round trip,
 // every flipped byte detected, truncation detected.
+#include "temp_dir.h"
 #include "shard_file.h"
 
 #include <fcntl.h>
@@ -18,20 +19,7 @@
 namespace cairn::objectd::engine {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cairn-shard-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    CAIRN_ASSERT(p != nullptr);
-    path_ = p;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using cairn::test::TempDir;
 
 std::string read_all(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -1,6 +1,7 @@
 // ObjectStore over temp directories: objects, ranges, listing, buckets, keys, multipart,
 // tenants and access keys. Small shard blocks (4 KiB, stripe 16 KiB) make multi-stripe objects
 // cheap. Random data is seeded; the seed is printed and CAIRN_SEED replays it.
+#include "temp_dir.h"
 #include "objectd/object_store.h"
 
 #include <gtest/gtest.h>
@@ -18,6 +19,8 @@
 
 namespace cairn::objectd::store_test {
 namespace {
+
+using cairn::test::TempDir;
 
 namespace fs = std::filesystem;
 
@@ -38,21 +41,6 @@ uint64_t test_seed() {
   }();
   return seed;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cairn-objstore-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    CAIRN_ASSERT(p != nullptr);
-    path_ = p;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string md5_hex(const std::string& data) {
   unsigned char d[EVP_MAX_MD_SIZE];
