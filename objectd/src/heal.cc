@@ -213,6 +213,9 @@ bool StoreImpl::heal_pass_step() {
     uint64_t scanned = 0, rewritten = 0;
     if (rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
       outcome = heal_record(rec, &scanned, &rewritten);
+      // Shutting down interrupted this object: leave the cursor before it so the resumed
+      // pass heals it, and do not count it against the pass.
+      if (stop_ && outcome == HealOutcome::degraded) break;
     } else {
       CAIRN_LOG_ERROR(kLog, "heal: unparsable index record skipped");
       outcome = HealOutcome::failed;
