@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "blockd/backup_service.h"
 #include "blockd/control_api.h"
 #include "blockd/nbd_server.h"
 #include "blockd/volume_store.h"
@@ -72,10 +73,16 @@ int main(int argc, char** argv) {
   if (nbd_ep) std::tie(nbd_opts.tcp_host, nbd_opts.tcp_port) = *nbd_ep;
   nbd_opts.unix_path = nbd_socket == "none" ? "" : nbd_socket;
   nbd_opts.threads = threads;
+  BackupService::Options backup_opts;
+  backup_opts.state_dir = data_dir + "/hydrate";
+  auto backups = std::make_unique<BackupService>(*store.value(), backup_opts);
+  nbd_opts.open_volume = [b = backups.get()](const std::string& name) { return b->open_volume(name); };
   NbdServer nbd(*store.value(), nbd_opts);
   if (auto st = nbd.start(); !st) return 1;
   std::string nbd_tcp = nbd_opts.tcp_enabled ? format_host_port(nbd_opts.tcp_host, nbd.tcp_port()) : "";
 
+  ControlApi::Options api_opts;
+  api_opts.backups = backups.get();
   ControlApi api(*store.value(), token.value(), [&] {
     v1::NodeStatus s;
     s.set_data_dir(data_dir);
@@ -83,7 +90,7 @@ int main(int argc, char** argv) {
     s.set_nbd_socket(nbd_opts.unix_path);
     s.set_nbd_connections(nbd.connections());
     return s;
-  });
+  }, api_opts);
   if (auto st = api.start(api_ep->first, api_ep->second); !st) {
     fprintf(stderr, "blockd: error: cannot listen on %s: %s\n", api_listen.c_str(),
             st.error().message().c_str());
@@ -99,6 +106,7 @@ int main(int argc, char** argv) {
   CAIRN_LOG_INFO("blockd", "signal %d: shutting down", sig);
   api.stop();
   nbd.stop();
+  backups.reset();  // cancels and joins running jobs; instant restores resume at next start
   store.value().reset();
   CAIRN_LOG_INFO("blockd", "stopped");
   return 0;

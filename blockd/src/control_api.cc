@@ -616,7 +616,43 @@ class ControlApi::Impl {
         }
       }
     }
+    if (seg.size() >= 3 && seg[1] == "backup" && options_.backups) return backup_route(seg, method, req.body());
     return error_reply(http::status::not_found, "not_found", "no such path " + in_quotes(path));
+  }
+
+  // /v1/backup/...: requests carry the repository's S3 target in their body, so every call
+  // but the job queries is a POST.
+  Reply backup_route(const std::vector<std::string>& seg, http::verb method, const std::string& body) {
+    BackupService& b = *options_.backups;
+    const std::string& op = seg[2];
+    if (op == "jobs") {
+      if (method != http::verb::get) return method_not_allowed("GET");
+      if (seg.size() == 3) return json_reply(http::status::ok, b.jobs());
+      if (seg.size() == 4) {
+        auto job = b.job(seg[3]);
+        if (!job) return error_reply(job.error(), "no backup job " + in_quotes(seg[3]));
+        return json_reply(http::status::ok, job.value());
+      }
+    }
+    if (seg.size() != 3) return error_reply(http::status::not_found, "not_found", "no such backup call");
+    if (method != http::verb::post) return method_not_allowed("POST");
+    if (op == "init") return backup_call<cairn::v1::InitRepoRequest>(body, http::status::created, &BackupService::init_repo);
+    if (op == "list") return backup_call<cairn::v1::ListBackupsRequest>(body, http::status::ok, &BackupService::list);
+    if (op == "prune") return backup_call<cairn::v1::PruneRequest>(body, http::status::ok, &BackupService::prune);
+    if (op == "create") return backup_call<cairn::v1::CreateBackupRequest>(body, http::status::accepted, &BackupService::start_backup);
+    if (op == "restore") return backup_call<cairn::v1::RestoreBackupRequest>(body, http::status::accepted, &BackupService::start_restore);
+    if (op == "verify") return backup_call<cairn::v1::VerifyRequest>(body, http::status::accepted, &BackupService::start_verify);
+    return error_reply(http::status::not_found, "not_found", "no such backup call " + in_quotes(op));
+  }
+
+  template <class Req, class Fn>
+  Reply backup_call(const std::string& body, http::status success, Fn fn) {
+    Req req;
+    if (auto bad = parse_body(body, req)) return *bad;
+    std::string message;
+    auto out = (options_.backups->*fn)(req, &message);
+    if (!out) return error_reply(out.error(), message.empty() ? out.error().message() : message);
+    return json_reply(success, out.value());
   }
 
   Reply metrics() {
@@ -748,6 +784,10 @@ class ControlApi::Impl {
     if (auto bad = parse_body(body, req)) return *bad;
     if (!valid_volume_name(req.name())) return invalid_name("snapshot", req.name());
     const std::string ref = snapshot_ref(volume, req.name());
+    if (options_.backups && options_.backups->hydrating(volume)) {
+      return error_reply(Errc::busy, "create snapshot " + in_quotes(ref) +
+                                         ": the volume is still being restored (instant); retry when its hydrate job is done");
+    }
     auto s = store_.create_snapshot(volume, req.name());
     if (!s) return engine_error(s.error(), "create snapshot " + in_quotes(ref), volume);
     CAIRN_LOG_INFO(kLog, "created snapshot %s", ref.c_str());

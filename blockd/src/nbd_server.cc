@@ -132,6 +132,11 @@ struct NbdServer::Impl {
 
   Impl(NbdServer& s, VolumeStore& st) : server(s), store(st) {}
 
+  Result<std::shared_ptr<Volume>> open_volume(const std::string& name) {
+    const auto& hook = server.options_.open_volume;
+    return hook ? hook(name) : store.open_volume(name);
+  }
+
   Task<void> accept_loop(int lfd, bool tcp);
   void register_fd(int fd) {
     std::lock_guard lk(conns_mu);
@@ -299,7 +304,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     for (uint16_t i = 0; i < n; ++i) requested.push_back(get_be16(p + 6 + name_len + 2 * i));
 
     // A volume, or "volume@snapshot" (read-only). INFO only looks; the handle is dropped.
-    auto vol = srv_.store.open_volume(name);
+    auto vol = srv_.open_volume(name);
     if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
     std::shared_ptr<Volume> v = std::move(vol).value();
     if (bool ok = co_await send_export_info(opt, *v, requested); !ok) co_return false;
@@ -351,7 +356,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       pos += ql;
     }
     if (pos != data.size()) co_return co_await opt_reply(opt, kRepErrInvalid, "trailing bytes");
-    auto vol = srv_.store.open_volume(name);
+    auto vol = srv_.open_volume(name);
     if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
 
     const bool list = opt == kOptListMetaContext;
@@ -414,7 +419,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
       switch (opt) {
         case kOptExportName: {
-          auto vol = srv_.store.open_volume(data);
+          auto vol = srv_.open_volume(data);
           if (!vol) {
             CAIRN_LOG_DEBUG(kLog, "EXPORT_NAME of unknown export '%s': closing", data.c_str());
             co_return false;

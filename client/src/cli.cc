@@ -291,7 +291,10 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   snap_diff->add_option("--to", to, "newer snapshot (default: the live volume)");
 
   auto* status = app.add_subcommand("status", "show the node's status");
+  S3Flags s3_flags;
+  add_s3_flags(app, s3_flags);
   auto objectd_commands = add_objectd_commands(app);  // tenant, objects (cli_objects.cc)
+  auto backup_commands = add_backup_commands(app);    // backup (cli_backup.cc)
 
   try {
     app.parse(argc, argv);
@@ -300,7 +303,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     err << "cairn: error: " << e.what() << " (see --help)\n";
     return 2;
   }
-  if (auto rc = run_objectd_commands(*objectd_commands, json, out, err, getenv)) return *rc;
+  if (auto rc = run_objectd_commands(*objectd_commands, s3_flags, json, out, err, getenv)) return *rc;
 
   auto usage = [&](const std::string& message) {
     err << "cairn: error: " << message << " (see --help)\n";
@@ -340,6 +343,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     err << "\n";
     return 1;
   };
+  if (auto rc = run_backup_commands(*backup_commands, client, s3_flags, json, out, err, getenv)) return *rc;
   auto show_volume = [&](const ClientResult<cairn::v1::Volume>& r) {
     if (!r) return fail(r.error());
     out << (json ? format_json(r.value()) : format_volume_info(r.value()));

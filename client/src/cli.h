@@ -67,13 +67,35 @@ std::string format_json(const google::protobuf::Message& msg);
 constexpr const char* kDefaultS3Endpoint = "http://127.0.0.1:9000";
 constexpr const char* kDefaultS3CredentialsFile = "./var/objectd/s3.credentials";
 
+// The global S3 flags (objectd's admin commands and backup repositories share them).
+struct S3Flags {
+  std::string endpoint, access_key, secret_key, credentials_file;
+};
+void add_s3_flags(CLI::App& app, S3Flags& flags);
+struct S3Access {
+  std::string endpoint;
+  sigv4::Credentials credentials;
+};
+// Endpoint: --s3-endpoint, $CAIRN_S3_ENDPOINT, else the default; credentials as
+// resolve_s3_credentials. invalid_argument when only one of the two keys is given.
+ClientResult<S3Access> resolve_s3_access(const S3Flags& flags, const GetEnv& getenv);
+
 // The objectd commands' options and subcommands, registered on run_cli's app before parsing.
 struct ObjectdCommands;
 std::shared_ptr<ObjectdCommands> add_objectd_commands(CLI::App& app);
 // Runs the objectd command that was parsed; nullopt when none of them was selected.
-std::optional<int> run_objectd_commands(const ObjectdCommands& commands, bool json,
-                                        std::ostream& out, std::ostream& err,
+std::optional<int> run_objectd_commands(const ObjectdCommands& commands, const S3Flags& s3,
+                                        bool json, std::ostream& out, std::ostream& err,
                                         const GetEnv& getenv);
+
+// ---- backup commands (client/src/cli_backup.cc): `backup ...` through blockd ----
+
+struct BackupCommands;
+std::shared_ptr<BackupCommands> add_backup_commands(CLI::App& app);
+// Runs the backup command that was parsed; nullopt when none was selected.
+std::optional<int> run_backup_commands(const BackupCommands& commands, ControlClient& client,
+                                       const S3Flags& s3, bool json, std::ostream& out,
+                                       std::ostream& err, const GetEnv& getenv);
 
 // Credential precedence: --access-key/--secret-key, --s3-credentials FILE,
 // $CAIRN_S3_ACCESS_KEY/$CAIRN_S3_SECRET_KEY, $CAIRN_S3_CREDENTIALS, then default_file if it
@@ -90,5 +112,9 @@ std::string format_access_key(const cairn::v1::S3AccessKey& key);
 // "heal: 120/500 objects (24%), 3 healed, 0 failed, 12.5 MiB/s, ETA 31s" (no newline).
 std::string format_heal_progress(const cairn::v1::HealStatus& status);
 std::string format_heal_status(const cairn::v1::HealStatus& status);
+// 75 -> "1m15s"; negative or not finite -> "?".
+std::string format_duration(double seconds);
+// "12.5 MiB/s"; "0 B/s" when not positive.
+std::string format_rate(double bytes_per_second);
 
 }  // namespace cairn::client

@@ -19,10 +19,6 @@
 namespace cairn::client {
 
 struct ObjectdCommands {
-  std::string endpoint;
-  std::string access_key;
-  std::string secret_key;
-  std::string credentials_file;
   std::string name;
   bool no_wait = false;
   bool status_only = false;
@@ -47,6 +43,8 @@ ClientError cli_error(std::error_code code, std::string message) {
   return ClientError{code, 0, std::move(message)};
 }
 
+}  // namespace
+
 std::string format_duration(double seconds) {
   if (seconds < 0 || !std::isfinite(seconds)) return "?";
   auto s = static_cast<uint64_t>(std::llround(seconds));
@@ -66,8 +64,6 @@ std::string format_rate(double bytes_per_second) {
   if (!(bytes_per_second > 0)) return "0 B/s";
   return format_size_bytes(static_cast<uint64_t>(bytes_per_second)) + "/s";
 }
-
-}  // namespace
 
 ClientResult<sigv4::Credentials> read_s3_credentials_file(const std::string& path) {
   std::ifstream in(path);
@@ -173,19 +169,32 @@ std::string format_heal_status(const cairn::v1::HealStatus& s) {
   });
 }
 
+void add_s3_flags(CLI::App& app, S3Flags& f) {
+  app.add_option("--s3-endpoint", f.endpoint,
+                 "S3 endpoint: objectd's, or any S3 service's for backups (env CAIRN_S3_ENDPOINT, default " +
+                     std::string(kDefaultS3Endpoint) + ")");
+  app.add_option("--access-key", f.access_key, "S3 access key id (env CAIRN_S3_ACCESS_KEY)");
+  app.add_option("--secret-key", f.secret_key, "S3 secret access key (env CAIRN_S3_SECRET_KEY)");
+  app.add_option("--s3-credentials", f.credentials_file,
+                 "S3 credentials file (env CAIRN_S3_CREDENTIALS, default " +
+                     std::string(kDefaultS3CredentialsFile) + " if present)");
+}
+
+ClientResult<S3Access> resolve_s3_access(const S3Flags& f, const GetEnv& getenv) {
+  S3Access access;
+  access.endpoint = f.endpoint;
+  if (access.endpoint.empty()) access.endpoint = getenv("CAIRN_S3_ENDPOINT").value_or(kDefaultS3Endpoint);
+  if (!f.access_key.empty() != !f.secret_key.empty()) {
+    return outcome::failure(cli_error(Errc::invalid_argument, "give both --access-key and --secret-key"));
+  }
+  auto creds = resolve_s3_credentials(f.access_key, f.secret_key, f.credentials_file, getenv);
+  if (!creds) return outcome::failure(creds.error());
+  access.credentials = creds.value();
+  return access;
+}
+
 std::shared_ptr<ObjectdCommands> add_objectd_commands(CLI::App& app) {
   auto c = std::make_shared<ObjectdCommands>();
-  app.add_option("--s3-endpoint", c->endpoint,
-                 "objectd's S3 endpoint (env CAIRN_S3_ENDPOINT, default " +
-                     std::string(kDefaultS3Endpoint) + ")");
-  app.add_option("--access-key", c->access_key,
-                 "objectd root access key id (env CAIRN_S3_ACCESS_KEY)");
-  app.add_option("--secret-key", c->secret_key,
-                 "objectd root secret access key (env CAIRN_S3_SECRET_KEY)");
-  app.add_option("--s3-credentials", c->credentials_file,
-                 "objectd credentials file (env CAIRN_S3_CREDENTIALS, default " +
-                     std::string(kDefaultS3CredentialsFile) + " if present)");
-
   auto* tenant = app.add_subcommand("tenant", "create and list objectd tenants and their keys");
   tenant->require_subcommand(1);
   c->tenant_create = tenant->add_subcommand("create", "create a tenant");
@@ -341,21 +350,16 @@ class HealFollower {
 
 }  // namespace
 
-std::optional<int> run_objectd_commands(const ObjectdCommands& c, bool json, std::ostream& out,
-                                        std::ostream& err, const GetEnv& getenv) {
+std::optional<int> run_objectd_commands(const ObjectdCommands& c, const S3Flags& s3, bool json,
+                                        std::ostream& out, std::ostream& err, const GetEnv& getenv) {
   if (!*c.tenant_create && !*c.tenant_list && !*c.key_create && !*c.heal) return std::nullopt;
-  std::string endpoint = c.endpoint;
-  if (endpoint.empty()) endpoint = getenv("CAIRN_S3_ENDPOINT").value_or(kDefaultS3Endpoint);
-  if (!c.access_key.empty() != !c.secret_key.empty()) {
-    err << "cairn: error: give both --access-key and --secret-key (see --help)\n";
-    return 2;
+  auto access = resolve_s3_access(s3, getenv);
+  if (!access) {
+    bool usage = access.error().code == Errc::invalid_argument;
+    err << "cairn: error: " << access.error().message << (usage ? " (see --help)" : "") << "\n";
+    return usage ? 2 : 1;
   }
-  auto creds = resolve_s3_credentials(c.access_key, c.secret_key, c.credentials_file, getenv);
-  if (!creds) {
-    err << "cairn: error: " << creds.error().message << "\n";
-    return 1;
-  }
-  S3AdminClient client(endpoint, creds.value());
+  S3AdminClient client(access.value().endpoint, access.value().credentials);
   auto fail = [&](const ClientError& e) {
     err << "cairn: error: " << e.message;
     if (e.http_status == 403)

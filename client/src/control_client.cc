@@ -375,4 +375,37 @@ ClientResult<cairn::v1::DiffResponse> ControlClient::diff(const std::string& vol
   return decode<cairn::v1::DiffResponse>(raw("GET", target), 200);
 }
 
+ClientResult<cairn::v1::RepoConfig> ControlClient::init_backup_repo(const cairn::v1::InitRepoRequest& req) {
+  return decode<cairn::v1::RepoConfig>(raw("POST", "/v1/backup/init", to_json(req)), 201);
+}
+
+ClientResult<cairn::v1::ListBackupsResponse> ControlClient::list_backups(
+    const cairn::v1::ListBackupsRequest& req) {
+  return decode<cairn::v1::ListBackupsResponse>(raw("POST", "/v1/backup/list", to_json(req)), 200);
+}
+
+ClientResult<cairn::v1::PruneResponse> ControlClient::prune_backups(const cairn::v1::PruneRequest& req) {
+  return decode<cairn::v1::PruneResponse>(raw("POST", "/v1/backup/prune", to_json(req)), 200);
+}
+
+ClientResult<cairn::v1::BackupJob> ControlClient::create_backup(const cairn::v1::CreateBackupRequest& req) {
+  return decode<cairn::v1::BackupJob>(raw("POST", "/v1/backup/create", to_json(req)), 202);
+}
+
+ClientResult<cairn::v1::BackupJob> ControlClient::restore_backup(const cairn::v1::RestoreBackupRequest& req) {
+  return decode<cairn::v1::BackupJob>(raw("POST", "/v1/backup/restore", to_json(req)), 202);
+}
+
+ClientResult<cairn::v1::BackupJob> ControlClient::verify_backups(const cairn::v1::VerifyRequest& req) {
+  return decode<cairn::v1::BackupJob>(raw("POST", "/v1/backup/verify", to_json(req)), 202);
+}
+
+ClientResult<cairn::v1::ListBackupJobsResponse> ControlClient::backup_jobs() {
+  return decode<cairn::v1::ListBackupJobsResponse>(raw("GET", "/v1/backup/jobs"), 200);
+}
+
+ClientResult<cairn::v1::BackupJob> ControlClient::backup_job(const std::string& id) {
+  return decode<cairn::v1::BackupJob>(raw("GET", "/v1/backup/jobs/" + encode_segment(id)), 200);
+}
+
 }  // namespace cairn::client

@@ -144,26 +144,19 @@ class Exchange {
 
 }  // namespace
 
-Result<std::vector<std::pair<std::string, std::string>>> sign_admin_request(
+Result<sigv4::HeaderList> sign_admin_request(
     std::string_view method, std::string_view host_header, std::string_view target,
     std::string_view body, const sigv4::Credentials& credentials, int64_t now_unix_s,
     const std::string& region) {
-  size_t q = target.find('?');
-  sigv4::HttpRequestView view;
-  view.method = method;
-  view.raw_path = target.substr(0, q);
-  view.raw_query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
-  view.headers.emplace_back("host", std::string(host_header));
-  if (!body.empty()) view.headers.emplace_back("content-type", "application/json");
+  sigv4::HeaderList extra;
+  if (!body.empty()) extra.emplace_back("content-type", "application/json");
   if (!body.empty() || method == "POST" || method == "PUT")
-    view.headers.emplace_back("content-length", std::to_string(body.size()));
+    extra.emplace_back("content-length", std::to_string(body.size()));
   sigv4::SignOptions so;
   so.region = region;
   so.now_unix_s = now_unix_s;
   so.payload_hash = sigv4::sha256_hex(body);
-  auto signed_ctx = sigv4::sign_headers(view, credentials, so);
-  if (!signed_ctx) return signed_ctx.error();
-  return std::move(view.headers);
+  return sigv4::sign_request(method, host_header, target, credentials, so, std::move(extra));
 }
 
 std::error_code s3_error_code(std::string_view code, int http_status) {

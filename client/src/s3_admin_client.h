@@ -24,10 +24,11 @@
 
 namespace cairn::client {
 
-// The signed headers of one request (host, content-type/-length when there is a body,
-// x-amz-date, x-amz-content-sha256, authorization), in the order to send them. `target` is
-// the path and query as sent (already %-encoded).
-Result<std::vector<std::pair<std::string, std::string>>> sign_admin_request(
+// The signed headers of one admin request (host, content-type/-length when there is a
+// body, x-amz-date, x-amz-content-sha256, authorization), in the order to send them: the
+// admin API's headers over sigv4::sign_request. `target` is the path and query as sent
+// (already %-encoded).
+Result<sigv4::HeaderList> sign_admin_request(
     std::string_view method, std::string_view host_header, std::string_view target,
     std::string_view body, const sigv4::Credentials& credentials, int64_t now_unix_s,
     const std::string& region = "us-east-1");

@@ -940,6 +940,21 @@ Result<SigningContext> sign_headers(HttpRequestView& request, const Credentials&
   return ctx;
 }
 
+Result<HeaderList> sign_request(std::string_view method, std::string_view host_header,
+                                std::string_view target, const Credentials& credentials,
+                                const SignOptions& options, HeaderList extra_headers) {
+  const size_t q = target.find('?');
+  HttpRequestView view;
+  view.method = method;
+  view.raw_path = target.substr(0, q);
+  view.raw_query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+  view.headers.reserve(extra_headers.size() + 4);
+  view.headers.emplace_back("host", std::string(host_header));
+  for (auto& header : extra_headers) view.headers.push_back(std::move(header));
+  CAIRN_TRY(sign_headers(view, credentials, options));
+  return std::move(view.headers);
+}
+
 Result<std::string> presign(const HttpRequestView& request, const Credentials& credentials,
                             const PresignOptions& options) {
   if (!request.header("host")) {

@@ -1,5 +1,5 @@
-// ControlApi: blockd's HTTP/1.1 control API (volumes, snapshots and clones, node status,
-// /metrics, /healthz).
+// ControlApi: blockd's HTTP/1.1 control API (volumes, snapshots and clones, backups, node
+// status, /metrics, /healthz).
 //
 // Created by the daemon after the VolumeStore, which must outlive it; stop() (or the
 // destructor) returns only when no request is running any more. The API owns one
@@ -19,6 +19,7 @@
 #include <memory>
 #include <string>
 
+#include "blockd/backup_service.h"
 #include "blockd/volume_store.h"
 #include "cairn/v1/volume.pb.h"
 #include "common/metrics.h"
@@ -38,6 +39,8 @@ class ControlApi {
     size_t connections_max = 256;
     std::chrono::milliseconds read_timeout_ms{30'000};
     MetricsRegistry* metrics = nullptr;  // null: MetricsRegistry::global()
+    // Serves /v1/backup/... when set (must outlive the API); else those paths are 404.
+    BackupService* backups = nullptr;
   };
 
   // An empty admin_token refuses every authenticated request.

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -31,6 +32,10 @@ class NbdServer {
     std::string unix_path;       // empty = no unix socket
     unsigned threads = 2;
     unsigned connections_max = 1024;
+    // Opens an export by name; default VolumeStore::open_volume. blockd passes
+    // BackupService::open_volume so that a volume under instant restore is served through
+    // its hydrating wrapper.
+    std::function<Result<std::shared_ptr<Volume>>(const std::string&)> open_volume;
   };
 
   NbdServer(VolumeStore& store, Options options);

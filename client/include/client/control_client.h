@@ -17,6 +17,7 @@
 #include <string_view>
 #include <system_error>
 
+#include "cairn/v1/backup.pb.h"
 #include "cairn/v1/volume.pb.h"
 #include "common/result.h"
 
@@ -78,6 +79,17 @@ class ControlClient {
   // from empty: since the empty volume; to empty: up to the live volume.
   ClientResult<cairn::v1::DiffResponse> diff(const std::string& volume, const std::string& from,
                                              const std::string& to);
+
+  // Backups (docs/CONTROL_API.md, "Backups"): repository calls answer at once; create,
+  // restore and verify start a job to follow with backup_job().
+  ClientResult<cairn::v1::RepoConfig> init_backup_repo(const cairn::v1::InitRepoRequest& req);
+  ClientResult<cairn::v1::ListBackupsResponse> list_backups(const cairn::v1::ListBackupsRequest& req);
+  ClientResult<cairn::v1::PruneResponse> prune_backups(const cairn::v1::PruneRequest& req);
+  ClientResult<cairn::v1::BackupJob> create_backup(const cairn::v1::CreateBackupRequest& req);
+  ClientResult<cairn::v1::BackupJob> restore_backup(const cairn::v1::RestoreBackupRequest& req);
+  ClientResult<cairn::v1::BackupJob> verify_backups(const cairn::v1::VerifyRequest& req);
+  ClientResult<cairn::v1::ListBackupJobsResponse> backup_jobs();
+  ClientResult<cairn::v1::BackupJob> backup_job(const std::string& id);
 
   // One request as given (target = path and query). Answers of any status are values;
   // only transport failures are errors. Sends the token unless with_token is false.

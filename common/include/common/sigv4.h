@@ -263,6 +263,19 @@ struct SignOptions {
 Result<SigningContext> sign_headers(HttpRequestView& request, const Credentials& credentials,
                                     const SignOptions& options);
 
+// Header list of a client request, in the order to send it.
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+// Signs a whole client request (header auth) and returns every header to send, in order:
+// host, `extra_headers` as given (content-type, content-length, range...; all signed),
+// x-amz-date, x-amz-content-sha256 (options.payload_hash: the body's SHA-256 hex, empty for
+// the empty body, or k_unsigned_payload) and Authorization. `host_header` is the authority
+// as sent ("127.0.0.1:9000", "[::1]:9000"); `target` the path and query as sent
+// (%-encoded). Errors as sign_headers, and invalid_argument for a malformed target.
+Result<HeaderList> sign_request(std::string_view method, std::string_view host_header,
+                                std::string_view target, const Credentials& credentials,
+                                const SignOptions& options, HeaderList extra_headers = {});
+
 struct PresignOptions {
   std::string region = "us-east-1";
   std::string service = "s3";

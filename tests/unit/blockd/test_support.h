@@ -11,6 +11,7 @@
 #include "common/assert.h"
 #include "common/fault.h"
 #include "common/reactor.h"
+#include "common/reactor_thread.h"
 #include "temp_dir.h"
 
 namespace cairn::blockd::test {
@@ -39,36 +40,7 @@ class ScopedFault {
   }
 };
 
-// A Reactor on its own thread; run() executes a task there and blocks for its result.
-class ReactorThread {
- public:
-  ReactorThread() {
-    auto r = Reactor::create(256);
-    CAIRN_ASSERT(r);
-    reactor_ = std::move(r.value());
-    thread_ = std::thread([this] { reactor_->run(); });
-  }
-  ~ReactorThread() {
-    reactor_->stop();
-    thread_.join();
-  }
-  Status run(Task<Status> t) { return start(std::move(t)).get(); }
-  std::future<Status> start(Task<Status> t) {
-    auto task = std::make_shared<Task<Status>>(std::move(t));
-    auto done = std::make_shared<std::promise<Status>>();
-    std::future<Status> result = done->get_future();
-    reactor_->post([task, done] { spawn(drive(std::move(*task), done)); });
-    return result;
-  }
-
- private:
-  static Task<void> drive(Task<Status> t, std::shared_ptr<std::promise<Status>> done) {
-    Status st = co_await std::move(t);
-    done->set_value(st);
-  }
-  std::unique_ptr<Reactor> reactor_;
-  std::thread thread_;
-};
+using ::cairn::ReactorThread;
 
 // Which BlockDevice a store-level test runs over.
 enum class Backend { sim, uring };
