@@ -22,6 +22,7 @@
 
 #include "common/asio.h"
 #include "common/assert.h"
+#include "common/file.h"
 #include "common/log.h"
 
 namespace cairn::blockd {
@@ -1007,20 +1008,9 @@ Result<std::string> load_or_create_admin_token(const std::string& data_dir) {
     CAIRN_LOG_ERROR(kLog, "cannot create %s: %s", path.c_str(), strerror(err));
     return errno_code(err);
   }
-  std::string line = token + "\n";
-  size_t done = 0;
-  int err = 0;
-  while (done < line.size()) {
-    ssize_t n = ::write(fd, line.data() + done, line.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      err = errno;
-      break;
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  Status written = write_all_and_sync(fd, token + "\n");
   ::close(fd);
+  int err = written ? 0 : written.error().value();
   if (err != 0) {
     CAIRN_LOG_ERROR(kLog, "cannot write %s: %s", path.c_str(), strerror(err));
     ::unlink(path.c_str());

@@ -87,6 +87,15 @@ class BackupTest(unittest.TestCase):
         finally:
             harness.nbd_close(h)
 
+    def snapshotted_volume(self, tag, size, density=0.5, prefix="v"):
+        """A new volume with a seeded random pattern and its snapshot s1."""
+        rng, _ = harness.seeded_rng(tag)
+        vol = self.name(prefix)
+        self.blockd.create_volume(vol, size)
+        self.write_pattern(vol, size, rng, density)
+        self.blockd.cairn("snapshot", "create", vol, "s1")
+        return rng, vol
+
     def compare(self, uri_a, uri_b):
         p = run(["qemu-img", "compare", "-f", "raw", "-F", "raw", uri_a, uri_b], timeout=300, check=False)
         self.assertEqual(p.returncode, 0, f"{uri_a} != {uri_b}: {p.stdout}{p.stderr}")
@@ -112,12 +121,7 @@ class BackupTest(unittest.TestCase):
     # ---- tests ----
 
     def test_full_incremental_restore_verify_prune(self):
-        rng, _ = harness.seeded_rng("backup-full-incr")
-        size = 64 * MiB
-        vol = self.name("v")
-        self.blockd.create_volume(vol, size)
-        self.write_pattern(vol, size, rng)
-        self.blockd.cairn("snapshot", "create", vol, "s1")
+        rng, vol = self.snapshotted_volume("backup-full-incr", 64 * MiB)
         repo = self.new_repo()
 
         full = self.backup(repo, vol, "s1")
@@ -277,12 +281,7 @@ class BackupTest(unittest.TestCase):
         self.assertIn("repository key", p.stderr)
 
     def test_rerun_after_kill9_mid_backup_uploads_nothing_twice(self):
-        rng, _ = harness.seeded_rng("backup-kill")
-        size = 64 * MiB
-        vol = self.name("k")
-        self.blockd.create_volume(vol, size)
-        self.write_pattern(vol, size, rng, density=1.0)  # 16 distinct chunks
-        self.blockd.cairn("snapshot", "create", vol, "s1")
+        _, vol = self.snapshotted_volume("backup-kill", 64 * MiB, density=1.0, prefix="k")  # 16 chunks
         repo = self.new_repo()
         # blockd dies like a crash (_exit) on the 7th chunk upload of the backup.
         self.blockd.stop()
@@ -303,12 +302,7 @@ class BackupTest(unittest.TestCase):
         self.compare(self.blockd.tcp_uri(f"{vol}@s1"), self.blockd.tcp_uri(r))
 
     def test_backup_and_restore_with_a_lost_objectd_drive(self):
-        rng, _ = harness.seeded_rng("backup-lost-drive")
-        size = 32 * MiB
-        vol = self.name("l")
-        self.blockd.create_volume(vol, size)
-        self.write_pattern(vol, size, rng)
-        self.blockd.cairn("snapshot", "create", vol, "s1")
+        rng, vol = self.snapshotted_volume("backup-lost-drive", 32 * MiB, prefix="l")
         repo = self.new_repo()
         full = self.backup(repo, vol, "s1")
         # One of the 6 drives vanishes: 4+2 still reads and writes with quorum.
@@ -343,11 +337,7 @@ class BackupTest(unittest.TestCase):
         return job
 
     def instant_source(self, tag, size):
-        rng, _ = harness.seeded_rng(tag)
-        vol = self.name("i")
-        self.blockd.create_volume(vol, size)
-        self.write_pattern(vol, size, rng, density=0.7)
-        self.blockd.cairn("snapshot", "create", vol, "s1")
+        rng, vol = self.snapshotted_volume(tag, size, density=0.7, prefix="i")
         repo = self.new_repo()
         return rng, vol, repo, self.backup(repo, vol, "s1")
 

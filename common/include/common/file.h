@@ -10,6 +10,9 @@
 
 namespace cairn {
 
+// Writes all of `data` to `fd` (retrying short writes and EINTR), then fsyncs it.
+Status write_all_and_sync(int fd, std::string_view data);
+
 // Replaces `path` with `data` atomically and durably: writes PATH.tmp (mode `mode`), fsyncs
 // it, renames it over `path` and fsyncs the directory. After a crash the file holds either
 // the old or the new contents. Errors are errno codes.
