@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Cairn needs to build, test and benchmark.
 # Idempotent: only missing packages are installed. Called by `make build/test/run`.
+# `install-deps.sh --bench` also installs the benchmark-only peers and tools (BENCH_PKGS);
+# the benchmark scripts that need them call it so (the test path never does).
 set -euo pipefail
 
 BUILD_PKGS=(
@@ -12,10 +14,23 @@ BUILD_PKGS=(
 TEST_PKGS=(
   qemu-utils nbdkit libnbd-bin python3-libnbd fio python3 curl jq
   awscli python3-boto3 s3cmd rclone
+  etcd-server etcd-client
+)
+# Benchmarks only: restic (peer of `cairn backup`), the zstd CLI (compression bound),
+# nodejs and npm (s3rver, the second S3 service, comes from the npm registry; a nodejs
+# that brings its own npm, as NodeSource's does, conflicts with Debian's npm package).
+BENCH_PKGS=(
+  restic zstd nodejs
 )
 
+wanted=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
+if [ "${1:-}" = "--bench" ]; then
+  wanted+=("${BENCH_PKGS[@]}")
+  command -v npm >/dev/null || wanted+=(npm)
+fi
+
 missing=()
-for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; do
+for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -25,6 +25,7 @@
 // for a request that itself waits for the gate.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -173,6 +174,10 @@ class EpochGuard {
 };
 
 class StoreImpl;
+
+// Stripes of VolumeCore::rmw_mu_.
+inline constexpr size_t kRmwStripes = 64;
+
 class VolumeCore;
 
 // One snapshot of a volume, in memory. Owned by its VolumeCore (and by the handles and clones
@@ -329,8 +334,10 @@ class VolumeCore {
   uint64_t loaded_parent_volume_id_ = 0;  // from the record at open, resolved by recovery
   uint64_t loaded_parent_snapshot_id_ = 0;
 
-  // Serializes writes that are not 4 KiB-aligned, and redirects/copy-on-writes.
-  AsyncMutex rmw_mu_;
+  // Serializes, per extent, writes that are not 4 KiB-aligned and redirects/copy-on-writes:
+  // two of them on one extent must not interleave; on different extents they run in
+  // parallel. Striped: extent e uses rmw_mu_[e % kRmwStripes] (see StripeLocks).
+  std::array<AsyncMutex, kRmwStripes> rmw_mu_;
 
   // Write gate. Fast path (gate open): one atomic add on enter and one on leave. A closer
   // sets gate_closed_ then waits for gate_inflight_ to reach 0; a writer adds itself then

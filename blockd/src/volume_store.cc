@@ -7,6 +7,7 @@
 #include <sys/statvfs.h>
 
 #include <algorithm>
+#include <bitset>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -51,25 +52,37 @@ const uint8_t* zero_chunk() {
   return zeros;
 }
 
-// Releases an AsyncMutex when the coroutine frame leaves the scope.
-struct AsyncUnlock {
-  AsyncMutex& mu;
-  ~AsyncUnlock() { mu.unlock(); }
-};
-
-// Releases an AsyncMutex it was armed with, if any.
-class MaybeUnlock {
+// Holds the RMW stripes of a range of extents; they are taken in ascending stripe order,
+// so two holders never wait for each other in a cycle. Released when destroyed.
+class StripeLocks {
  public:
-  MaybeUnlock() = default;
-  MaybeUnlock(const MaybeUnlock&) = delete;
-  MaybeUnlock& operator=(const MaybeUnlock&) = delete;
-  ~MaybeUnlock() {
-    if (mu_ != nullptr) mu_->unlock();
+  using Stripes = std::array<AsyncMutex, kRmwStripes>;
+  explicit StripeLocks(Stripes& stripes) : stripes_(stripes) {}
+  StripeLocks(const StripeLocks&) = delete;
+  StripeLocks& operator=(const StripeLocks&) = delete;
+  ~StripeLocks() {
+    for (size_t i = 0; i < stripes_.size(); ++i) {
+      if (held_.test(i)) stripes_[i].unlock();
+    }
   }
-  void arm(AsyncMutex& mu) { mu_ = &mu; }
+  // Extents [first, last].
+  Task<void> lock(uint64_t first, uint64_t last) {
+    std::bitset<kRmwStripes> want;
+    if (last - first + 1 >= want.size()) {
+      want.set();
+    } else {
+      for (uint64_t e = first; e <= last; ++e) want.set(e % want.size());
+    }
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (!want.test(i)) continue;
+      co_await stripes_[i].lock();
+      held_.set(i);
+    }
+  }
 
  private:
-  AsyncMutex* mu_ = nullptr;
+  Stripes& stripes_;
+  std::bitset<kRmwStripes> held_;
 };
 
 std::string encode_be32(uint32_t v) {
@@ -651,12 +664,12 @@ Task<Result<VolumeCore::Rewrite>> VolumeCore::rewrite_extent(EpochGuard& epoch,
                                                              const SlowExtent& sx,
                                                              bool serialized,
                                                              bool* metadata_changed) {
-  // Serialized with RMW writes and other rewrites (the lock is taken outside the epoch).
-  MaybeUnlock unlock;
+  // Serialized with RMW writes and other rewrites of this extent (the lock is taken outside
+  // the epoch).
+  StripeLocks stripe(rmw_mu_);
   if (!serialized) {
     epoch.leave();
-    co_await rmw_mu_.lock();
-    unlock.arm(rmw_mu_);
+    co_await stripe.lock(sx.ext, sx.ext);
     epoch.enter();
   }
   const BlockBitmap mask = block_mask(sx.b0, sx.b1);
@@ -817,13 +830,13 @@ Task<Status> VolumeCore::write_any(uint64_t offset, uint64_t length, const void*
                                     metadata_changed);
   }
   // Not whole blocks: read-modify-write of the covering blocks. Clear blocks read as zeros,
-  // so a partly written block is zero-filled. Serialized per volume: two such writes into
+  // so a partly written block is zero-filled. Serialized per extent: two such writes into
   // one block must not overwrite each other's bytes. Lock before entering the epoch.
-  co_await rmw_mu_.lock();
-  AsyncUnlock unlock{rmw_mu_};
-  EpochGuard epoch(store_.epochs());
   const uint64_t a0 = round_down(offset, kBlockSizeBytes);
   const uint64_t a1 = round_up(offset + length, kBlockSizeBytes);
+  StripeLocks stripes(rmw_mu_);
+  co_await stripes.lock(a0 / kExtentSizeBytes, (a1 - 1) / kExtentSizeBytes);
+  EpochGuard epoch(store_.epochs());
   AlignedBuffer bounce(a1 - a0);
   if (!bounce.ok()) co_return errno_code(ENOMEM);
   bool head_read = false;
@@ -858,8 +871,8 @@ Task<Status> VolumeCore::zero_partial_block(uint64_t offset, uint64_t length,
                                             bool* metadata_changed) {
   const uint64_t blk = round_down(offset, kBlockSizeBytes);
   CAIRN_ASSERT(offset + length <= blk + kBlockSizeBytes);
-  co_await rmw_mu_.lock();
-  AsyncUnlock unlock{rmw_mu_};
+  StripeLocks stripe(rmw_mu_);
+  co_await stripe.lock(blk / kExtentSizeBytes, blk / kExtentSizeBytes);
   EpochGuard epoch(store_.epochs());
   {
     std::lock_guard lk(map_mu_);

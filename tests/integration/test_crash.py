@@ -160,9 +160,33 @@ class CrashWriter:
 
     # -------------------------------------------------------------- verification
 
+    def point(self):
+        """(acks so far, next gen): taken just before a request is sent, the first says
+        which writes were acknowledged before it; taken after it completes, every write
+        submitted before has a smaller gen (a gen is drawn before its write is sent)."""
+        with self.lock:
+            return self.acks, self.next_gen
+
+    def note(self, line):
+        with self.lock:
+            self._log(f"# {line}")
+
     def check(self, data):
         """Returns a list of human-readable violations of the durability contract."""
         mark = max((f[0] for f in self.flushes.values() if f[1]), default=0)
+        return self._check(data, lambda w: w.fua or w.ack <= mark, None, f"flush mark ack#{mark}")
+
+    def check_snapshot(self, data, acked_by, submitted_before):
+        """Violations in a snapshot requested when `acked_by` writes had been acknowledged
+        and completed before gen `submitted_before` was drawn: each block holds the latest
+        write acknowledged before the request, or a later one submitted before the
+        snapshot completed (zeros only if no write to it was acknowledged before)."""
+        return self._check(data, lambda w: w.ack <= acked_by, submitted_before,
+                           f"snapshot requested at ack#{acked_by}, done before gen {submitted_before}")
+
+    def _check(self, data, settled, submitted_before, context):
+        """settled(write) for an acknowledged write: it must be there (or a later one).
+        submitted_before: gens at or after it cannot be there (None: no limit)."""
         problems = []
         for blk in range(NBLOCKS):
             got = data[blk * BLOCK:(blk + 1) * BLOCK]
@@ -179,32 +203,42 @@ class CrashWriter:
             durable_idx = None
             for i, g in enumerate(gens):
                 w = self.writes[g]
-                if w.ack is not None and (w.fua or w.ack <= mark):
+                if w.ack is not None and settled(w):
                     durable_idx = i
             allowed = set(gens) | {0} if durable_idx is None else set(gens[durable_idx:])
+            if submitted_before is not None:
+                allowed = {g for g in allowed if g < submitted_before}
             if found not in allowed:
                 desc = ", ".join(
                     f"gen {g}{' FUA' if self.writes[g].fua else ''}"
                     f"{' ack#' + str(self.writes[g].ack) if self.writes[g].ack else ' unacked'}"
                     for g in gens[-6:])
                 problems.append(f"block {blk}: found {'zeros' if found == 0 else 'gen ' + str(found)}, "
-                                f"allowed {sorted(allowed)}; flush mark ack#{mark}; writes: {desc}")
+                                f"allowed {sorted(allowed)}; {context}; writes: {desc}")
         return problems
 
 
-class CrashTest(harness.ServerTestCase):
+class CrashRounds:
+    """Rounds of: a fresh volume, a CrashWriter on it, crash(writer) brings the server
+    down, restart, check the durability contract and that earlier rounds' exports still
+    read the same. Mixed into a harness.ServerTestCase (test_snapshot_crash.py uses it too)."""
+
     def setUp(self):
+        super().setUp()
         self.rng, self.seed = harness.seeded_rng(self.id())
-        self.survivors = {}  # volume -> sha256 after its round
+        self.survivors = {}  # export name -> sha256 after its round
 
     def check_survivors(self):
         for name, want in self.survivors.items():
             got = hashlib.sha256(harness.nbd_read_all(self.server.unix_uri(name), VOL_SIZE)).hexdigest()
-            self.assertEqual(got, want, f"volume {name} of an earlier round changed after restart")
+            self.assertEqual(got, want, f"export {name} of an earlier round changed after restart")
 
-    def run_round(self, rnd, crash, min_acks=100):
-        """crash(writer) brings the server down; then restart and verify."""
+    def run_round(self, rnd, crash, min_acks=100, verify=None):
+        """crash(writer) brings the server down; then restart and verify. verify(name,
+        writer), if given, runs after the live volume passed and returns more exports to
+        keep checking in later rounds ({export name: sha256})."""
         name = self.new_volume(VOL_SIZE, f"crash{rnd}-")
+        self.round_volume = name  # for crash callbacks that need it
         seed = self.seed * 100 + rnd
         log_path = self.server.tmp_path(f"writes-{name}.log")
         writer = CrashWriter([self.server.tcp_uri(name), self.server.unix_uri(name)], seed, log_path)
@@ -223,12 +257,16 @@ class CrashTest(harness.ServerTestCase):
         problems = writer.check(data)
         self.assertEqual(problems, [], f"round {rnd} (seed {seed}): {len(problems)} blocks violate the "
                                        f"durability contract; first:\n" + "\n".join(problems[:10]))
+        more = verify(name, writer) if verify else {}
         self.check_survivors()
         h = harness.nbd_connect(self.server.unix_uri(name))
         h.flush()
         harness.nbd_close(h)
         self.survivors[name] = hashlib.sha256(data).hexdigest()
+        self.survivors.update(more or {})
 
+
+class CrashTest(CrashRounds, harness.ServerTestCase):
     def test_kill9_while_writing(self):
         rounds = 20 if harness.SOAK else 3
         for rnd in range(rounds):
