@@ -4,7 +4,7 @@ BUILD_TYPE ?= Release
 CTEST_ARGS ?=
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build test run clean bench
+.PHONY: all deps configure build test run cluster clean bench
 
 all: build
 
@@ -28,6 +28,10 @@ test: build
 # Single-node service under ./var; Ctrl-C stops it.
 run: build
 	@scripts/run.sh $(BUILD_DIR)
+
+# etcd + three blockd nodes in cluster mode under ./var/cluster; Ctrl-C stops them all.
+cluster: build
+	@scripts/cluster.sh $(BUILD_DIR)
 
 bench: build
 	@bench/run_nbd_bench.sh $(BUILD_DIR)

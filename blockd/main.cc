@@ -3,8 +3,10 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "blockd/backup_service.h"
 #include "blockd/control_api.h"
@@ -14,9 +16,64 @@
 #include "common/log.h"
 #include "common/net.h"
 #include "common/size.h"
+#include "replication/cluster_member.h"
+#include "replication/replication_listener.h"
 
 using namespace cairn;
 using namespace cairn::blockd;
+using replication::ClusterMember;
+
+namespace {
+
+// Cluster mode (--node-id, --cluster, --replication-listen): the node's place in etcd.
+struct ClusterFlags {
+  std::string node_id, cluster, replication_listen;
+  std::vector<std::string> etcd_endpoints;
+  std::pair<std::string, uint16_t> replication_ep;
+  bool enabled() const { return !node_id.empty(); }
+};
+
+// The three flags come together or not at all; prints the problem and returns false.
+bool check_cluster_flags(ClusterFlags& f) {
+  const int given = !f.node_id.empty() + !f.cluster.empty() + !f.replication_listen.empty();
+  if (given == 0) return true;
+  if (given != 3) {
+    fprintf(stderr, "blockd: error: --node-id, --cluster and --replication-listen go together "
+                    "(cluster mode) or not at all (single node, no etcd)\n");
+    return false;
+  }
+  if (!ClusterMember::valid_node_id(f.node_id)) {
+    fprintf(stderr, "blockd: error: invalid --node-id \"%s\": use 1-%zu characters of [a-z0-9_-]\n",
+            f.node_id.c_str(), ClusterMember::kNodeIdMaxBytes);
+    return false;
+  }
+  auto endpoints = replication::parse_etcd_endpoints(f.cluster);
+  if (!endpoints) {
+    fprintf(stderr, "blockd: error: bad --cluster \"%s\": expected http://HOST:PORT[,http://HOST:PORT...]\n",
+            f.cluster.c_str());
+    return false;
+  }
+  f.etcd_endpoints = std::move(endpoints.value());
+  auto ep = parse_host_port(f.replication_listen);
+  if (!ep) {
+    fprintf(stderr, "blockd: error: bad --replication-listen \"%s\": expected HOST:PORT\n",
+            f.replication_listen.c_str());
+    return false;
+  }
+  f.replication_ep = *ep;
+  return true;
+}
+
+// Other nodes and clients reach a node at the addresses it publishes: warn when one of
+// them is a wildcard.
+void warn_if_wildcard(const char* what, const std::string& host) {
+  if (host == "0.0.0.0" || host == "::") {
+    CAIRN_LOG_WARN("blockd", "%s listens on %s, which is published as-is in the cluster; "
+                   "listen on the node's own address so that others can reach it", what, host.c_str());
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"blockd: Cairn's NBD volume server"};
@@ -24,6 +81,7 @@ int main(int argc, char** argv) {
               api_listen = "127.0.0.1:8080", capacity = "0", level = "info";
   unsigned threads = 2;
   bool no_direct_io = false;
+  ClusterFlags cluster;
   app.set_config("--config", "", "TOML/INI file with the same keys as the flags");
   app.add_option("--data-dir", data_dir, "Directory of the node's data and metadata")->capture_default_str();
   app.add_option("--nbd-listen", nbd_listen, "NBD TCP HOST:PORT ('none' disables)")->capture_default_str();
@@ -33,6 +91,10 @@ int main(int argc, char** argv) {
   app.add_option("--capacity", capacity, "Data file limit, e.g. 100G (0 = free space)")->capture_default_str();
   app.add_flag("--no-direct-io", no_direct_io, "Do not open the data file with O_DIRECT");
   app.add_option("--log-level", level, "debug|info|warn|error")->capture_default_str();
+  app.add_option("--node-id", cluster.node_id, "Cluster mode: this node's id, 1-64 of [a-z0-9_-]");
+  app.add_option("--cluster", cluster.cluster, "Cluster mode: etcd endpoints http://HOST:PORT[,...]");
+  app.add_option("--replication-listen", cluster.replication_listen,
+                 "Cluster mode: replication link HOST:PORT (for now accepts and closes connections)");
   CLI11_PARSE(app, argc, argv);
 
   set_log_level(level == "debug" ? LogLevel::debug : level == "warn" ? LogLevel::warn
@@ -45,6 +107,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "blockd: error: bad --capacity, --nbd-listen or --api-listen value\n");
     return 2;
   }
+  if (!check_cluster_flags(cluster)) return 2;
   std::error_code fs_ec;
   std::filesystem::create_directories(data_dir, fs_ec);
   if (nbd_socket.empty()) nbd_socket = data_dir + "/nbd.sock";
@@ -83,6 +146,15 @@ int main(int argc, char** argv) {
 
   ControlApi::Options api_opts;
   api_opts.backups = backups.get();
+  // Set once the node joined; the API may be asked before that.
+  std::atomic<ClusterMember*> member_ptr{nullptr};
+  if (cluster.enabled()) {
+    api_opts.nodes = [&member_ptr]() -> Result<std::vector<v1::ClusterNode>> {
+      ClusterMember* m = member_ptr.load(std::memory_order_acquire);
+      if (!m) return Errc::unavailable;
+      return m->list_nodes();
+    };
+  }
   ControlApi api(*store.value(), token.value(), [&] {
     v1::NodeStatus s;
     s.set_data_dir(data_dir);
@@ -97,14 +169,57 @@ int main(int argc, char** argv) {
     nbd.stop();
     return 1;
   }
-  CAIRN_LOG_INFO("blockd", "blockd ready nbd=%s socket=%s api=http://%s token_file=%s/admin.token",
+  const std::string api_url = "http://" + format_host_port(api_ep->first, api.port());
+
+  replication::ReplicationListener replication_listener;
+  std::unique_ptr<ClusterMember> member;
+  std::string cluster_ready;  // " node=ID replication=HOST:PORT" in cluster mode
+  if (cluster.enabled()) {
+    const auto& [rep_host, rep_port] = cluster.replication_ep;
+    if (auto st = replication_listener.start(rep_host, rep_port); !st) {
+      fprintf(stderr, "blockd: error: cannot listen on %s: %s\n", cluster.replication_listen.c_str(),
+              st.error().message().c_str());
+      api.stop();
+      nbd.stop();
+      return 1;
+    }
+    warn_if_wildcard("--api-listen", api_ep->first);
+    warn_if_wildcard("--replication-listen", rep_host);
+    if (nbd_ep) warn_if_wildcard("--nbd-listen", nbd_ep->first);
+    ClusterMember::Options m;
+    m.node_id = cluster.node_id;
+    m.etcd_endpoints = cluster.etcd_endpoints;
+    m.nbd = nbd_tcp;
+    m.api = api_url;
+    m.replication = format_host_port(rep_host, replication_listener.port());
+    m.usage = [s = store.value().get()] {
+      StoreStats st = s->stats();
+      return replication::NodeUsage{st.capacity_bytes, st.used_bytes, st.volumes};
+    };
+    std::string why;
+    auto joined = ClusterMember::start(m, &why);
+    if (!joined) {
+      fprintf(stderr, "blockd: error: cannot join the cluster as node %s: %s\n",
+              cluster.node_id.c_str(), why.c_str());
+      replication_listener.stop();
+      api.stop();
+      nbd.stop();
+      return 1;
+    }
+    member = std::move(joined.value());
+    member_ptr.store(member.get(), std::memory_order_release);
+    cluster_ready = " node=" + cluster.node_id + " replication=" + m.replication;
+  }
+  CAIRN_LOG_INFO("blockd", "blockd ready nbd=%s socket=%s api=%s token_file=%s/admin.token%s",
                  nbd_tcp.empty() ? "none" : nbd_tcp.c_str(),
                  nbd_opts.unix_path.empty() ? "none" : nbd_opts.unix_path.c_str(),
-                 format_host_port(api_ep->first, api.port()).c_str(), data_dir.c_str());
+                 api_url.c_str(), data_dir.c_str(), cluster_ready.c_str());
   int sig = 0;
   sigwait(&sigs, &sig);
   CAIRN_LOG_INFO("blockd", "signal %d: shutting down", sig);
+  if (member) member->stop();  // revokes the lease: the node leaves the cluster at once
   api.stop();
+  replication_listener.stop();
   nbd.stop();
   backups.reset();  // cancels and joins running jobs; instant restores resume at next start
   store.value().reset();

@@ -24,6 +24,7 @@
 #include "common/assert.h"
 #include "common/file.h"
 #include "common/log.h"
+#include "common/net.h"
 
 namespace cairn::blockd {
 namespace {
@@ -262,6 +263,12 @@ std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(
 
 std::string in_quotes(std::string_view s) { return "\"" + std::string(s) + "\""; }
 
+int64_t unix_now_s() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 Reply invalid_name(std::string_view kind, std::string_view name) {
   return error_reply(http::status::bad_request, "invalid_argument",
                      "invalid " + std::string(kind) + " name " + in_quotes(name) + ": use 1-" +
@@ -307,6 +314,8 @@ class ControlApi::Impl {
       return errno_code(ec.value());
     }
     port_.store(acceptor_.local_endpoint().port(), std::memory_order_release);
+    host_ = host.empty() ? ep.address().to_string() : host;
+    started_unix_s_ = unix_now_s();
     started_ = true;
     asio::co_spawn(ioc_, accept_loop(), asio::detached);
     thread_ = std::thread([this] {
@@ -577,6 +586,10 @@ class ControlApi::Impl {
       if (method != http::verb::get) return method_not_allowed("GET");
       return status();
     }
+    if (seg.size() == 2 && seg[1] == "nodes") {
+      if (method != http::verb::get) return method_not_allowed("GET");
+      return list_nodes();
+    }
     if (seg.size() >= 2 && seg[1] == "volumes") {
       if (seg.size() == 2) {
         if (method == http::verb::get) return list_volumes();
@@ -678,6 +691,34 @@ class ControlApi::Impl {
     ns.set_used_bytes(st.used_bytes);
     ns.set_volumes(st.volumes);
     return json_reply(http::status::ok, ns);
+  }
+
+  // Cluster mode: the nodes registered in etcd. Single-node mode: this node, id "local".
+  Reply list_nodes() {
+    cairn::v1::ListNodesResponse out;
+    if (options_.nodes) {
+      auto nodes = options_.nodes();
+      if (!nodes) {
+        return error_reply(nodes.error(),
+                           "cannot read the cluster's nodes from etcd: " + nodes.error().message());
+      }
+      for (auto& n : nodes.value()) *out.add_nodes() = std::move(n);
+      return json_reply(http::status::ok, out);
+    }
+    cairn::v1::NodeStatus ns;
+    if (status_fn_) ns = status_fn_();
+    StoreStats st = store_.stats();
+    cairn::v1::ClusterNode* local = out.add_nodes();
+    local->set_id("local");
+    local->set_nbd(ns.nbd_tcp());
+    local->set_api("http://" + format_host_port(host_, port()));
+    local->set_capacity_bytes(st.capacity_bytes);
+    local->set_used_bytes(st.used_bytes);
+    local->set_volumes(st.volumes);
+    local->set_started_unix_s(started_unix_s_);
+    local->set_updated_unix_s(unix_now_s());
+    local->set_state("up");
+    return json_reply(http::status::ok, out);
   }
 
   Reply list_volumes() {
@@ -913,6 +954,8 @@ class ControlApi::Impl {
   std::thread thread_;
   std::atomic<uint16_t> port_{0};
   bool started_ = false;  // owner thread
+  std::string host_;            // as given to start(); written before the thread starts
+  int64_t started_unix_s_ = 0;  // likewise
 
   // io thread only:
   bool stopping_ = false;

@@ -211,6 +211,16 @@ std::string format_node_status(const cairn::v1::NodeStatus& s) {
   });
 }
 
+std::string format_node_table(const cairn::v1::ListNodesResponse& list) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& n : list.nodes()) {
+    rows.push_back({n.id(), or_dash(n.nbd()), or_dash(n.api()), or_dash(n.state()),
+                    format_size_bytes(n.capacity_bytes()), format_size_bytes(n.used_bytes()),
+                    std::to_string(n.volumes())});
+  }
+  return format_table({"ID", "NBD", "API", "STATE", "CAPACITY", "USED", "VOLUMES"}, rows);
+}
+
 std::string format_json(const google::protobuf::Message& msg) {
   google::protobuf::util::JsonPrintOptions opts;
   opts.add_whitespace = true;
@@ -291,6 +301,9 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   snap_diff->add_option("--to", to, "newer snapshot (default: the live volume)");
 
   auto* status = app.add_subcommand("status", "show the node's status");
+  auto* node = app.add_subcommand("node", "the cluster's nodes");
+  node->require_subcommand(1);
+  auto* node_list = node->add_subcommand("list", "list the nodes registered in the cluster");
   S3Flags s3_flags;
   add_s3_flags(app, s3_flags);
   auto objectd_commands = add_objectd_commands(app);  // tenant, objects (cli_objects.cc)
@@ -401,6 +414,17 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     auto r = client.diff(name, from, to);
     if (!r) return fail(r.error());
     out << (json ? format_json(r.value()) : format_diff(r.value()));
+    return 0;
+  }
+  if (*node_list) {
+    auto r = client.list_nodes();
+    if (!r) return fail(r.error());
+    if (json)
+      out << format_json(r.value());
+    else if (r.value().nodes().empty())
+      out << "no nodes registered\n";
+    else
+      out << format_node_table(r.value());
     return 0;
   }
   if (*status) {

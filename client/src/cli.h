@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "cairn/v1/cluster.pb.h"
 #include "cairn/v1/objectd_admin.pb.h"
 #include "cairn/v1/volume.pb.h"
 #include "client/control_client.h"
@@ -49,6 +50,8 @@ std::string format_fields(const std::vector<std::pair<std::string, std::string>>
 std::string format_volume_table(const cairn::v1::ListVolumesResponse& list);
 std::string format_volume_info(const cairn::v1::Volume& volume);
 std::string format_node_status(const cairn::v1::NodeStatus& status);
+// ID NBD API STATE CAPACITY USED VOLUMES, one row per node.
+std::string format_node_table(const cairn::v1::ListNodesResponse& list);
 std::string format_snapshot_table(const cairn::v1::ListSnapshotsResponse& list);
 std::string format_snapshot_info(const cairn::v1::Snapshot& snapshot);
 // A table OFFSET LENGTH KIND (exact sizes in the largest unit that divides them), then a
@@ -77,8 +80,9 @@ struct S3Access {
   sigv4::Credentials credentials;
 };
 // Endpoint: --s3-endpoint, $CAIRN_S3_ENDPOINT, else the default; credentials as
-// resolve_s3_credentials. invalid_argument when only one of the two keys is given.
+// resolve_s3_credentials. Check s3_keys_half_given() first (a usage error).
 ClientResult<S3Access> resolve_s3_access(const S3Flags& flags, const GetEnv& getenv);
+inline bool s3_keys_half_given(const S3Flags& f) { return f.access_key.empty() != f.secret_key.empty(); }
 
 // The objectd commands' options and subcommands, registered on run_cli's app before parsing.
 struct ObjectdCommands;

@@ -222,10 +222,9 @@ std::optional<int> run_backup_commands(const BackupCommands& c, ControlClient& c
   cairn::v1::S3Target target;
   target.set_repo(c.repo.empty() ? getenv("CAIRN_BACKUP_REPO").value_or("") : c.repo);
   if (target.repo().empty()) return usage("give the repository with --repo s3://BUCKET[/PREFIX] or CAIRN_BACKUP_REPO");
+  if (s3_keys_half_given(s3)) return usage("give both --access-key and --secret-key");
   auto access = resolve_s3_access(s3, getenv);
-  if (!access) {
-    return access.error().code == Errc::invalid_argument ? usage(access.error().message) : fail(access.error().message);
-  }
+  if (!access) return fail(access.error().message);
   target.set_endpoint(access.value().endpoint);
   target.set_access_key(access.value().credentials.access_key_id);
   target.set_secret_key(access.value().credentials.secret_access_key);

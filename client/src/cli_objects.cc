@@ -184,9 +184,6 @@ ClientResult<S3Access> resolve_s3_access(const S3Flags& f, const GetEnv& getenv)
   S3Access access;
   access.endpoint = f.endpoint;
   if (access.endpoint.empty()) access.endpoint = getenv("CAIRN_S3_ENDPOINT").value_or(kDefaultS3Endpoint);
-  if (!f.access_key.empty() != !f.secret_key.empty()) {
-    return outcome::failure(cli_error(Errc::invalid_argument, "give both --access-key and --secret-key"));
-  }
   auto creds = resolve_s3_credentials(f.access_key, f.secret_key, f.credentials_file, getenv);
   if (!creds) return outcome::failure(creds.error());
   access.credentials = creds.value();
@@ -353,11 +350,14 @@ class HealFollower {
 std::optional<int> run_objectd_commands(const ObjectdCommands& c, const S3Flags& s3, bool json,
                                         std::ostream& out, std::ostream& err, const GetEnv& getenv) {
   if (!*c.tenant_create && !*c.tenant_list && !*c.key_create && !*c.heal) return std::nullopt;
+  if (s3_keys_half_given(s3)) {
+    err << "cairn: error: give both --access-key and --secret-key (see --help)\n";
+    return 2;
+  }
   auto access = resolve_s3_access(s3, getenv);
   if (!access) {
-    bool usage = access.error().code == Errc::invalid_argument;
-    err << "cairn: error: " << access.error().message << (usage ? " (see --help)" : "") << "\n";
-    return usage ? 2 : 1;
+    err << "cairn: error: " << access.error().message << "\n";
+    return 1;
   }
   S3AdminClient client(access.value().endpoint, access.value().credentials);
   auto fail = [&](const ClientError& e) {

@@ -322,6 +322,10 @@ ClientResult<cairn::v1::NodeStatus> ControlClient::status() {
   return decode<cairn::v1::NodeStatus>(raw("GET", "/v1/status"), 200);
 }
 
+ClientResult<cairn::v1::ListNodesResponse> ControlClient::list_nodes() {
+  return decode<cairn::v1::ListNodesResponse>(raw("GET", "/v1/nodes"), 200);
+}
+
 ClientResult<cairn::v1::Snapshot> ControlClient::create_snapshot(const std::string& volume,
                                                                  const std::string& snapshot) {
   cairn::v1::CreateSnapshotRequest req;

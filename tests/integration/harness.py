@@ -348,8 +348,9 @@ class Blockd(Server):
     min_block = 512
     max_block = 32 * MiB
 
-    def __init__(self, threads=None, env=None, label="blockd"):
+    def __init__(self, threads=None, env=None, label="blockd", args=()):
         super().__init__(label)
+        self.args = list(args)  # extra flags, e.g. cluster mode's (clusterharness.py)
         self.data_dir = os.path.join(self.tmp, "data")
         os.makedirs(self.data_dir)
         self.log_path = os.path.join(self.tmp, "blockd.log")
@@ -373,6 +374,7 @@ class Blockd(Server):
                "--api-listen", "127.0.0.1:0"]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
+        cmd += self.args
         full_env = dict(os.environ)
         full_env.update(self.env)
         if env:

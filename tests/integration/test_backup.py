@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import unittest
 
 sys.dont_write_bytecode = True
@@ -164,15 +165,21 @@ class BackupTest(unittest.TestCase):
         self.assertEqual(v["state"], "done", v)
         self.assertEqual(v["verify"].get("damaged", []), [])
 
-        # Prune to the newest: the full backup goes, with the one chunk only it held.
+        # Prune to the newest: the full backup goes, with the one chunk only it held. GC keeps
+        # chunks younger than 2 s (LastModified has one-second resolution): wait them out.
+        time.sleep(3)
         chunks_before = len(self.chunk_keys(repo)[1])
         dry = self.cairn("backup", "prune", "--repo", repo, "--keep-last", "1", "--dry-run")
         self.assertEqual(dry["removed"], [f"{vol}/{full['backupId']}"])
         self.assertEqual(len(self.chunk_keys(repo)[1]), chunks_before)
         pruned = self.cairn("backup", "prune", "--repo", repo, "--keep-last", "1")
         self.assertEqual(pruned["removed"], [f"{vol}/{full['backupId']}"])
-        self.assertEqual(int(pruned["chunksDeleted"]), 1)
-        self.assertEqual(len(self.chunk_keys(repo)[1]), chunks_before - 1)
+        # What stays is exactly the incremental's chunks (random data: no two alike); the
+        # changed chunk's old version went, unless the full backup had a hole there.
+        remaining = int(incr["stats"]["logicalBytes"]) // CHUNK
+        self.assertIn(chunks_before - remaining, (0, 1))
+        self.assertEqual(int(pruned.get("chunksDeleted", 0)), chunks_before - remaining)
+        self.assertEqual(len(self.chunk_keys(repo)[1]), remaining)
         r3 = self.restore(repo, incr["backupId"])
         self.compare(self.blockd.tcp_uri(f"{vol}@s2"), self.blockd.tcp_uri(r3))
         jobs = self.cairn("backup", "jobs")
@@ -290,10 +297,11 @@ class BackupTest(unittest.TestCase):
                        json_out=False, check=False)
         self.assertNotEqual(p.returncode, 0)
         self.blockd.wait_exit(30)
-        # Workers upload in parallel: the ones already sending may have finished.
-        n = len(self.chunk_keys(repo)[1])
-        self.assertTrue(6 <= n < 16, n)
         self.blockd.restart()
+        # Workers upload in parallel: how many uploads finished before the exit varies (and
+        # objectd may finish one it was receiving after blockd died: count after the restart).
+        n = len(self.chunk_keys(repo)[1])
+        self.assertTrue(0 < n < 16, n)
         b = self.backup(repo, vol, "s1")
         self.assertEqual(int(b["stats"].get("newChunks", 0)), 16 - n)
         self.assertEqual(int(b["stats"].get("reusedChunks", 0)), n)

@@ -1,5 +1,5 @@
 // ControlApi: blockd's HTTP/1.1 control API (volumes, snapshots and clones, backups, node
-// status, /metrics, /healthz).
+// status, cluster nodes, /metrics, /healthz).
 //
 // Created by the daemon after the VolumeStore, which must outlive it; stop() (or the
 // destructor) returns only when no request is running any more. The API owns one
@@ -18,9 +18,11 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "blockd/backup_service.h"
 #include "blockd/volume_store.h"
+#include "cairn/v1/cluster.pb.h"
 #include "cairn/v1/volume.pb.h"
 #include "common/metrics.h"
 #include "common/result.h"
@@ -41,6 +43,10 @@ class ControlApi {
     MetricsRegistry* metrics = nullptr;  // null: MetricsRegistry::global()
     // Serves /v1/backup/... when set (must outlive the API); else those paths are 404.
     BackupService* backups = nullptr;
+    // GET /v1/nodes in cluster mode: the registered nodes (called on the API's thread; an
+    // error is answered as such, e.g. unavailable when etcd does not answer). Null in
+    // single-node mode: the API answers the local node alone, with id "local".
+    std::function<Result<std::vector<cairn::v1::ClusterNode>>()> nodes;
   };
 
   // An empty admin_token refuses every authenticated request.

@@ -18,6 +18,7 @@
 #include <system_error>
 
 #include "cairn/v1/backup.pb.h"
+#include "cairn/v1/cluster.pb.h"
 #include "cairn/v1/volume.pb.h"
 #include "common/result.h"
 
@@ -64,6 +65,8 @@ class ControlClient {
   ClientResult<cairn::v1::Volume> resize_volume(const std::string& name, uint64_t size_bytes);
   ClientResult<void> delete_volume(const std::string& name, bool force = false);
   ClientResult<cairn::v1::NodeStatus> status();
+  // The cluster's nodes (single-node mode: the local node alone, id "local").
+  ClientResult<cairn::v1::ListNodesResponse> list_nodes();
 
   // Snapshots ("volume@snapshot"), clones and changed-block diffs.
   ClientResult<cairn::v1::Snapshot> create_snapshot(const std::string& volume,

@@ -1,183 +1,28 @@
 // EtcdClient, Watch and LeaseKeeper against a real etcd (Debian's etcd-server), started
-// per test on free 127.0.0.1 ports in a temporary directory and stopped by its PID.
+// per test on free 127.0.0.1 ports in a temporary directory and stopped by its PID
+// (etcd_server.h).
 #include "replication/etcd_client.h"
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <stdlib.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <array>
 #include <atomic>
 #include <barrier>
 #include <condition_variable>
-#include <filesystem>
-#include <fstream>
 #include <future>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "common/asio.h"
-#include "common/assert.h"
-#include "common/log.h"
+#include "etcd_server.h"
 #include "replication/lease_keeper.h"
 
 namespace cairn::replication {
 namespace {
 
 using namespace std::chrono_literals;
+using namespace test;
 using tcp = asio::ip::tcp;
-
-// Generous bound for things that must happen (an event, a callback): only a hang hits it.
-constexpr auto kEventually = 60s;
-
-std::string etcd_binary() {
-  const char* env = ::getenv("CAIRN_ETCD_BIN");
-  return env && *env ? env : "/usr/bin/etcd";
-}
-
-// A port nobody listens on (bound and released at once).
-uint16_t unused_port() {
-  asio::io_context ioc;
-  tcp::acceptor a(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  return a.local_endpoint().port();
-}
-
-std::string url(uint16_t port) { return "http://127.0.0.1:" + std::to_string(port); }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "cairn-etcd-XXXXXX").string();
-    CAIRN_ASSERT(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// One etcd member serving clients on 127.0.0.1, data under `dir`.
-class EtcdServer {
- public:
-  explicit EtcdServer(const std::string& dir) : log_path_(dir + "/etcd.log") {
-    const uint16_t client_port = unused_port(), peer_port = unused_port();
-    endpoint_ = url(client_port);
-    const std::string peer = url(peer_port);
-    std::vector<std::string> args = {etcd_binary(),
-                                     "--data-dir", dir + "/data",
-                                     "--listen-client-urls", endpoint_,
-                                     "--advertise-client-urls", endpoint_,
-                                     "--listen-peer-urls", peer,
-                                     "--initial-advertise-peer-urls", peer,
-                                     "--initial-cluster", "default=" + peer};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    CAIRN_ASSERT(log_fd >= 0 && null_fd >= 0);
-    pid_ = ::fork();
-    CAIRN_ASSERT(pid_ >= 0);
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
-      ::dup2(null_fd, 0);
-      ::dup2(log_fd, 1);
-      ::dup2(log_fd, 2);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(log_fd);
-    ::close(null_fd);
-    wait_ready();
-  }
-  ~EtcdServer() { stop(); }
-
-  void stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    for (int i = 0; i < 300; ++i) {  // 30 s, then SIGKILL
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = 0;
-        return;
-      }
-      std::this_thread::sleep_for(100ms);
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, &status, 0);
-    pid_ = 0;
-  }
-
-  const std::string& endpoint() const { return endpoint_; }
-  const std::string& error() const { return error_; }
-
- private:
-  std::string log() const {
-    std::ifstream f(log_path_);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  }
-
-  // Ready when a read is answered (found or not).
-  void wait_ready() {
-    EtcdClient::Options o;
-    o.timeout = 1s;
-    o.attempt_timeout = 1s;
-    EtcdClient probe({endpoint_}, o);
-    const LogLevel saved = log_level();
-    set_log_level(LogLevel::error);  // refused connections are expected while it starts
-    for (int i = 0; i < 600; ++i) {  // bounded: about 60 s
-      auto r = probe.get("cairn-test/ready");
-      if (r || r.error() == Errc::not_found) {
-        set_log_level(saved);
-        return;
-      }
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = 0;
-        set_log_level(saved);
-        error_ = "etcd exited before it was ready:\n" + log();
-        return;
-      }
-      std::this_thread::sleep_for(100ms);
-    }
-    set_log_level(saved);
-    error_ = "etcd did not answer:\n" + log();
-  }
-
-  std::string log_path_;
-  pid_t pid_ = 0;
-  std::string endpoint_;
-  std::string error_;
-};
-
-class Etcd : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (::access(etcd_binary().c_str(), X_OK) != 0)
-      GTEST_SKIP() << "etcd binary not found at " << etcd_binary()
-                   << " (Debian package etcd-server; scripts/install-deps.sh installs it)";
-    server_ = std::make_unique<EtcdServer>(dir_.path());
-    ASSERT_EQ(server_->error(), "");
-  }
-
-  EtcdServer& server() { return *server_; }
-  std::string endpoint() const { return server_->endpoint(); }
-
-  TempDir dir_;
-  std::unique_ptr<EtcdServer> server_;
-};
 
 // A TCP relay to an upstream port on 127.0.0.1 that can cut every open link at once
 // (new links are still accepted): a connection lost mid-stream or while idle.

@@ -1,0 +1,160 @@
+"""etcd and cluster-mode blockd nodes for the cluster integration tests.
+
+Builds on harness.py (processes, temp dirs, log tails, the watchdog). `Etcd` runs one
+etcd member (Debian's etcd-server, or $CAIRN_ETCD_BIN) on free 127.0.0.1 ports with its
+data in a temp dir; it can be stopped and started again on the same ports with the same
+data. It also reads keys straight from etcd's JSON gateway, independently of Cairn's own
+etcd client, so that tests can check what the nodes really registered. `ClusterNode` is
+a harness.Blockd started with --node-id/--cluster/--replication-listen. Everything is
+stopped by PID.
+"""
+
+import base64
+import contextlib
+import json as jsonlib
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import harness
+from harness import READY_TIMEOUT_S, STOP_TIMEOUT_S, _tail, free_port, log, spawn
+
+ETCD = os.environ.get("CAIRN_ETCD_BIN") or "/usr/bin/etcd"
+NODES_PREFIX = "/cairn/nodes/"
+
+
+def _b64(data):
+    return base64.b64encode(data).decode()
+
+
+class Etcd(harness.Server):
+    """One etcd member on 127.0.0.1. start() after stop() reuses the ports and the data."""
+
+    kind = "etcd"
+
+    def __init__(self, label="etcd"):
+        super().__init__(label)
+        self.log_path = self.tmp_path("etcd.log")
+        self.data_dir = self.tmp_path("data")
+        self.proc = None
+        self.client_port = None
+        self.peer_port = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self, env=None):
+        assert self.proc is None, "already running"
+        if not os.path.exists(ETCD):
+            raise AssertionError(f"etcd not found at {ETCD} (Debian package etcd-server; "
+                                 "scripts/install-deps.sh installs it)")
+        fresh_ports = self.client_port is None
+        for _ in range(5 if fresh_ports else 1):  # a free port may be taken before etcd binds it
+            if fresh_ports:
+                self.client_port, self.peer_port = free_port(), free_port()
+            peer = f"http://127.0.0.1:{self.peer_port}"
+            cmd = [ETCD, "--name", "cairn-test", "--data-dir", self.data_dir,
+                   "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                   "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                   "--initial-cluster", f"cairn-test={peer}"]
+            self.proc = spawn(cmd, self.log_path)
+            log(f"[{self.label}] started etcd pid={self.proc.pid} at {self.endpoint}")
+            if self._wait_ready():
+                return self
+        raise AssertionError(f"etcd did not start; log tail:\n{self._log_tail()}")
+
+    def _log_tail(self):
+        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as f:
+            return _tail(f.read())
+        return ""
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log(f"[{self.label}] etcd exited with status {self.proc.returncode} while starting")
+                self.proc = None
+                return False
+            with contextlib.suppress(OSError, ValueError):
+                self.range("/cairn-test/ready", timeout=2)
+                return True
+            time.sleep(0.1)
+        self.kill9()
+        return False
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, check=True, timeout_s=STOP_TIMEOUT_S):
+        if self.proc is None:
+            return None
+        p, self.proc = self.proc, None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        log(f"[{self.label}] etcd pid={p.pid} stopped, status {p.returncode}")
+        return p.returncode
+
+    def kill9(self):
+        if self.proc is None:
+            return
+        p, self.proc = self.proc, None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+    # ---- reading etcd directly (its v3 JSON gateway)
+    def range(self, prefix, timeout=10):
+        """Every key starting with prefix: [{key, value (str), lease (int)}], in key order."""
+        key = prefix.encode()
+        end = key[:-1] + bytes([key[-1] + 1])
+        body = jsonlib.dumps({"key": _b64(key), "range_end": _b64(end)}).encode()
+        req = urllib.request.Request(self.endpoint + "/v3/kv/range", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            reply = jsonlib.loads(r.read())
+        return [{"key": base64.b64decode(kv["key"]).decode(),
+                 "value": base64.b64decode(kv.get("value", "")).decode(),
+                 "lease": int(kv.get("lease", "0"))} for kv in reply.get("kvs", [])]
+
+    def registered_nodes(self):
+        """{node id: (ClusterNode JSON as stored, lease)} for every key under /cairn/nodes/."""
+        return {kv["key"][len(NODES_PREFIX):]: (jsonlib.loads(kv["value"]), kv["lease"])
+                for kv in self.range(NODES_PREFIX)}
+
+
+def cluster_args(node_id, etcd, replication_listen="127.0.0.1:0"):
+    return ["--node-id", node_id, "--cluster", etcd.endpoint,
+            "--replication-listen", replication_listen]
+
+
+class ClusterNode(harness.Blockd):
+    """A blockd in cluster mode, on ephemeral 127.0.0.1 ports like harness.Blockd."""
+
+    def __init__(self, node_id, etcd, label=None, **kw):
+        super().__init__(label=label or node_id, args=cluster_args(node_id, etcd), **kw)
+        self.node_id = node_id
+
+    def start(self, env=None):
+        super().start(env=env)
+        if self.endpoints.get("node") != self.node_id or "replication" not in self.endpoints:
+            self.kill9()
+            raise AssertionError(f"ready line lacks node={self.node_id} or replication=...: "
+                                 f"{self.endpoints}")
+        self.replication = self.endpoints["replication"]
+        return self
+
+    def nbd_endpoint(self):
+        return f"{self.nbd_host}:{self.nbd_port}"
