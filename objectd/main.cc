@@ -11,8 +11,10 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "common/size.h"
 #include "objectd/object_store.h"
 #include "objectd/s3_server.h"
 
@@ -33,9 +35,11 @@ static bool write_credentials(const std::string& path, const AccessKey& key) {
 
 int main(int argc, char** argv) {
   CLI::App app{"objectd: Cairn's S3-compatible object server"};
-  std::string data_dir = "./var/objectd", listen = "127.0.0.1:9000", ec = "4+2", level = "info";
+  std::string data_dir = "./var/objectd", listen = "127.0.0.1:9000", ec = "4+2", level = "info",
+              heal_rate = "256M";
   std::vector<std::string> drives, domains{"localhost"};
   unsigned threads = 4;
+  double scrub_period_hours = 24 * 7, orphan_grace_s = 3600;
   app.set_config("--config", "", "TOML/INI file with the same keys as the flags");
   app.add_option("--data-dir", data_dir, "Directory of the index and default drives")->capture_default_str();
   app.add_option("--listen", listen, "S3 HOST:PORT")->capture_default_str();
@@ -43,15 +47,25 @@ int main(int argc, char** argv) {
   app.add_option("--ec", ec, "Erasure code K+M (data+parity shards)")->capture_default_str();
   app.add_option("--threads", threads, "HTTP I/O threads")->capture_default_str()->check(CLI::Range(1, 64));
   app.add_option("--domain", domains, "Domain for virtual-host buckets (bucket.DOMAIN)")->capture_default_str();
+  app.add_option("--heal-rate", heal_rate, "Heal/scrub I/O per second, e.g. 64M (0 = unlimited)")
+      ->capture_default_str();
+  app.add_option("--scrub-period-hours", scrub_period_hours,
+                 "Start a verifying heal pass this long after the last one (0 = never)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1e6));
+  app.add_option("--orphan-grace-s", orphan_grace_s,
+                 "Heal passes remove unreferenced shard/temp files older than this")
+      ->capture_default_str()->check(CLI::Range(0.0, 1e9));
   app.add_option("--log-level", level, "debug|info|warn|error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   set_log_level(level == "debug" ? LogLevel::debug : level == "warn" ? LogLevel::warn
                 : level == "error" ? LogLevel::error : LogLevel::info);
+  if (!arm_faults_from_env()) return 2;
   auto ep = parse_host_port(listen);
+  auto heal_bps = parse_size_bytes(heal_rate);
   int k = 0, m = -1;
-  if (!ep || sscanf(ec.c_str(), "%d+%d", &k, &m) != 2 || k < 1 || m < 0) {
-    fprintf(stderr, "objectd: error: bad --listen or --ec value\n");
+  if (!ep || !heal_bps || sscanf(ec.c_str(), "%d+%d", &k, &m) != 2 || k < 1 || m < 0) {
+    fprintf(stderr, "objectd: error: bad --listen, --ec or --heal-rate value\n");
     return 2;
   }
   std::error_code fs_ec;
@@ -68,6 +82,9 @@ int main(int argc, char** argv) {
   so.drives = drives;
   so.data_shards = k;
   so.parity_shards = m;
+  so.heal_bytes_per_second = *heal_bps;
+  so.scrub_period_hours = scrub_period_hours;
+  so.orphan_grace_seconds = orphan_grace_s;
   auto store = ObjectStore::open(so);
   if (!store) {
     fprintf(stderr, "objectd: error: cannot open store in %s: %s\n", data_dir.c_str(),

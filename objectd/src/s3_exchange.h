@@ -20,6 +20,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "auth.h"
+#include "common/assert.h"
 #include "common/metrics.h"
 #include "common/sigv4.h"
 #include "objectd/object_store.h"
@@ -115,6 +116,51 @@ class Exchange {
                                                                           asio::use_awaitable);
     co_return std::move(*result);
   }
+
+  // A blocking store call that runs on the pool while the handler goes on with other work
+  // on its strand (reading the next body chunk while the previous one is stored). Start it
+  // with start(); wait() returns its result. Whatever f() uses must stay alive until wait()
+  // has returned, so a handler awaits every call it started before it returns.
+  template <class R>
+  class Background {
+   public:
+    template <class F>
+    asio::awaitable<void> start(Exchange& x, F f) {
+      CAIRN_ASSERT(!state_);
+      auto strand = co_await asio::this_coro::executor;
+      state_ = std::make_shared<State>(strand);
+      auto ex = asio::prefer(strand, asio::execution::outstanding_work.tracked);
+      asio::post(x.ctx.pool, [st = state_, f = std::move(f), ex]() mutable {
+        R r = f();
+        asio::post(ex, [st, r = std::move(r)]() mutable {
+          st->result.emplace(std::move(r));
+          st->wake.cancel();
+        });
+      });
+    }
+    bool running() const { return state_ != nullptr; }
+    asio::awaitable<R> wait() {
+      CAIRN_ASSERT(state_);
+      // The completion runs on this strand: either it already has, or it will cancel the
+      // wait below.
+      while (!state_->result) {
+        state_->wake.expires_at(asio::steady_timer::time_point::max());
+        beast::error_code ec;
+        co_await state_->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      }
+      R r = std::move(*state_->result);
+      state_.reset();
+      co_return r;
+    }
+
+   private:
+    struct State {
+      explicit State(const asio::any_io_executor& ex) : wake(ex) {}
+      std::optional<R> result;
+      asio::steady_timer wake;
+    };
+    std::shared_ptr<State> state_;
+  };
 
  private:
   asio::awaitable<bool> send_continue();

@@ -138,13 +138,25 @@ std::optional<S3Error> plan_checksums(const Exchange& x, ChecksumPlan& plan) {
   return std::nullopt;
 }
 
-std::optional<S3Error> verify_checksums(
-    ChecksumPlan& plan, const std::array<uint8_t, 16>& md5,
-    const std::vector<std::pair<std::string, std::string>>& trailers) {
+// Content-MD5 of a body the handler hashed itself (object data is hashed by the writer,
+// whose commit checks meta.etag instead: content_md5_hex()).
+std::optional<S3Error> check_content_md5(const ChecksumPlan& plan, const std::array<uint8_t, 16>& md5) {
   if (plan.content_md5 && memcmp(plan.content_md5->data(), md5.data(), 16) != 0) {
     return s3_error(http::status::bad_request, "BadDigest",
                     "The Content-MD5 you specified did not match what we received.");
   }
+  return std::nullopt;
+}
+
+// What ObjectWriter::commit is to check the data's MD5 against: "" when no Content-MD5.
+std::string content_md5_hex(const ChecksumPlan& plan) {
+  if (!plan.content_md5) return {};
+  return hex_encode(plan.content_md5->data(), 16);
+}
+
+// The x-amz-checksum-* values (Content-MD5: check_content_md5 or the writer's commit).
+std::optional<S3Error> verify_checksums(
+    ChecksumPlan& plan, const std::vector<std::pair<std::string, std::string>>& trailers) {
   for (auto& item : plan.items) {
     item.computed = item.engine->finish_base64();
     std::string expected = item.expected;
@@ -185,40 +197,64 @@ asio::awaitable<void> dispose(Exchange& x, std::unique_ptr<T>& p) {
   });
 }
 
-// Moves the request payload into `w`, hashing on the way. Sets size_bytes and md5.
+// Moves the request payload into `w`; the requested x-amz-checksum-* are computed on the way
+// (the MD5 is the writer's). Two buffers: while one chunk is hashed and stored on the pool,
+// the next is read from the socket. Sets size_bytes.
 asio::awaitable<std::optional<S3Error>> receive_body(Exchange& x, ObjectWriter& w,
-                                                     ChecksumPlan& plan, Md5& md5,
-                                                     uint64_t max_bytes, uint64_t& size_bytes) {
-  std::vector<char> buf(x.ctx.options.io_chunk_bytes);
+                                                     ChecksumPlan& plan, uint64_t max_bytes,
+                                                     uint64_t& size_bytes) {
+  // Chunks of io_chunk_bytes, or of the declared size when smaller; not zero-filled.
+  size_t chunk = x.ctx.options.io_chunk_bytes;
+  if (auto declared = x.declared_payload_bytes())
+    chunk = static_cast<size_t>(std::clamp<uint64_t>(*declared, 1, chunk));
+  std::unique_ptr<char[]> bufs[2] = {std::unique_ptr<char[]>(new char[chunk]),
+                                     std::unique_ptr<char[]>(new char[chunk])};
+  Exchange::Background<Status> store;
+  std::optional<S3Error> err;
   size_bytes = 0;
-  for (;;) {
+  for (int cur = 0;; cur ^= 1) {
     // Fill the buffer (a chunk per store call keeps stripes whole and hops few).
+    char* buf = bufs[cur].get();
     size_t filled = 0;
     bool end = false;
-    while (filled < buf.size()) {
-      auto n = co_await x.read_payload(buf.data() + filled, buf.size() - filled);
-      if (!n) co_return x.body_error(n.error());
+    while (filled < chunk) {
+      auto n = co_await x.read_payload(buf + filled, chunk - filled);
+      if (!n) {
+        err = x.body_error(n.error());
+        break;
+      }
       if (n.value() == 0) {
         end = true;
         break;
       }
       filled += n.value();
     }
+    if (store.running()) {
+      Status st = co_await store.wait();
+      if (!st && !err) err = s3_error(st.error());
+    }
+    if (err) co_return err;
     if (filled > 0) {
       size_bytes += filled;
       if (size_bytes > max_bytes) co_return s3_error(ObjErrc::entity_too_large);
-      md5.update(buf.data(), filled);
-      plan.update(buf.data(), filled);
-      Status st = co_await x.blocking([&] { return w.write(buf.data(), filled); });
-      if (!st) co_return s3_error(st.error());
+      const char* data = buf;
+      co_await store.start(x, [&w, &plan, data, filled] {
+        plan.update(data, filled);
+        return w.write(data, filled);
+      });
     }
-    if (end) co_return std::nullopt;
+    if (end) break;
   }
+  if (store.running()) {
+    Status st = co_await store.wait();
+    if (!st) co_return s3_error(st.error());
+  }
+  co_return std::nullopt;
 }
 
 // Copies `len` bytes from `r` into `w` (both blocking, one pool call per chunk).
 asio::awaitable<std::optional<S3Error>> copy_data(Exchange& x, ObjectReader& r, ObjectWriter& w,
-                                                  uint64_t len, ChecksumPlan& plan, Md5& md5) {
+                                                  uint64_t len, ChecksumPlan& plan) {
   std::vector<char> buf(x.ctx.options.io_chunk_bytes);
   uint64_t left = len;
   while (left > 0) {
@@ -230,7 +266,6 @@ asio::awaitable<std::optional<S3Error>> copy_data(Exchange& x, ObjectReader& r, 
         if (n == 0) return ObjErrc::data_corrupt;  // the source ended early
         got += n;
       }
-      md5.update(buf.data(), want);
       plan.update(buf.data(), want);
       return w.write(buf.data(), want);
     });
@@ -332,17 +367,15 @@ asio::awaitable<Reply> put_object(Exchange& x, const OpContext& c) {
   auto w = co_await x.blocking([&] { return x.ctx.store.put_object(bucket, key); });
   if (!w) co_return error_reply(x, w.error());
   std::unique_ptr<ObjectWriter> writer = std::move(w).value();
-  Md5 md5;
   uint64_t size = 0;
-  auto err = co_await receive_body(x, *writer, plan, md5, kSinglePutMaxBytes, size);
-  auto digest = md5.finish();
-  if (!err) err = verify_checksums(plan, digest, x.trailers());
+  auto err = co_await receive_body(x, *writer, plan, kSinglePutMaxBytes, size);
+  if (!err) err = verify_checksums(plan, x.trailers());
   if (err) {
     co_await dispose(x, writer);
     co_return error_reply(x, *err);
   }
   meta.size_bytes = size;
-  meta.etag = hex_encode(digest.data(), digest.size());
+  meta.etag = content_md5_hex(plan);
   meta.checksums = computed_checksums(plan);
   auto committed = co_await x.blocking([&] { return writer->commit(meta); });
   co_await dispose(x, writer);
@@ -416,17 +449,14 @@ asio::awaitable<Reply> copy_object(Exchange& x, const OpContext& c) {
     co_return error_reply(x, w.error());
   }
   std::unique_ptr<ObjectWriter> writer = std::move(w).value();
-  Md5 md5;
-  err = co_await copy_data(x, *reader, *writer, src_meta.size_bytes, plan, md5);
+  err = co_await copy_data(x, *reader, *writer, src_meta.size_bytes, plan);
   co_await dispose(x, reader);
-  auto digest = md5.finish();
   if (err) {
     co_await dispose(x, writer);
     co_return error_reply(x, *err);
   }
   for (auto& item : plan.items) item.computed = item.engine->finish_base64();
   meta.size_bytes = src_meta.size_bytes;
-  meta.etag = hex_encode(digest.data(), digest.size());
   meta.checksums = computed_checksums(plan);
   auto committed = co_await x.blocking([&] { return writer->commit(meta); });
   co_await dispose(x, writer);
@@ -575,7 +605,8 @@ asio::awaitable<Reply> delete_objects(Exchange& x, const OpContext& c) {
   Md5 md5;
   md5.update(body.value());
   plan.update(body.value().data(), body.value().size());
-  if (auto e = verify_checksums(plan, md5.finish(), x.trailers())) co_return error_reply(x, *e);
+  if (auto e = check_content_md5(plan, md5.finish())) co_return error_reply(x, *e);
+  if (auto e = verify_checksums(plan, x.trailers())) co_return error_reply(x, *e);
   auto req = parse_delete_objects(body.value());
   if (!req) co_return error_reply(x, req.error());
   const std::string& bucket = c.bucket.name;
@@ -699,30 +730,28 @@ asio::awaitable<Reply> upload_part(Exchange& x, const OpContext& c) {
     co_return error_reply(x, w.error());
   }
   std::unique_ptr<ObjectWriter> writer = std::move(w).value();
-  Md5 md5;
   uint64_t size = 0;
   std::optional<S3Error> err;
   if (reader) {
-    err = co_await copy_data(x, *reader, *writer, copy_len, plan, md5);
+    err = co_await copy_data(x, *reader, *writer, copy_len, plan);
     co_await dispose(x, reader);
     size = copy_len;
   } else {
-    err = co_await receive_body(x, *writer, plan, md5, kSinglePutMaxBytes, size);
+    err = co_await receive_body(x, *writer, plan, kSinglePutMaxBytes, size);
   }
-  auto digest = md5.finish();
-  if (!err) err = verify_checksums(plan, digest, x.trailers());
+  if (!err) err = verify_checksums(plan, x.trailers());
   if (err) {
     co_await dispose(x, writer);
     co_return error_reply(x, *err);
   }
   ObjectMeta meta;
   meta.size_bytes = size;
-  meta.etag = hex_encode(digest.data(), digest.size());
+  meta.etag = content_md5_hex(plan);
   meta.checksums = computed_checksums(plan);
   auto committed = co_await x.blocking([&] { return writer->commit(meta); });
   co_await dispose(x, writer);
   if (!committed) co_return error_reply(x, committed.error());
-  std::string etag = committed.value().etag.empty() ? meta.etag : committed.value().etag;
+  const std::string& etag = committed.value().etag;
   if (!copy_header.empty()) {
     XmlWriter xw("CopyPartResult");
     xw.element("LastModified", iso8601_ms(committed.value().mtime_unix_ms));

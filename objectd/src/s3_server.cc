@@ -394,6 +394,9 @@ class S3Server::Impl {
         }
         continue;
       }
+      // Replies are written whole (header with the first body chunk): nothing is gained by
+      // Nagle's algorithm, and a small reply would wait for the peer's delayed ACK.
+      socket.set_option(tcp::no_delay(true), ec);
       ++connections_;
       connections_gauge_->set(static_cast<int64_t>(connections_.load()));
       auto conn = std::make_shared<Conn>(std::move(socket));
@@ -452,6 +455,9 @@ class S3Server::Impl {
 
   asio::awaitable<void> serve(beast::tcp_stream& stream) {
     beast::flat_buffer buffer(options_.header_max_bytes + kReadBufferExtraBytes);
+    // Beast sizes each socket read by the buffer's free capacity (at least 512 bytes): a
+    // buffer that grew only as far as a header needed makes every body read a 512-byte recv.
+    buffer.reserve(options_.header_max_bytes + kReadBufferExtraBytes);
     for (;;) {
       if (stopping_.load()) co_return;
       RequestParser parser;
@@ -589,35 +595,47 @@ class S3Server::Impl {
     co_return !ec;
   }
 
-  // GET: the object's bytes from its reader, one chunk at a time.
+  // GET: the object's bytes from its reader, one chunk at a time. The first chunk is read
+  // before anything is sent, so it leaves with the header in one write, and a read that
+  // fails at once is still answered with an S3 error instead of a cut-off body.
   asio::awaitable<bool> stream_reply(beast::tcp_stream& stream, Exchange& x, Reply& r, bool keep,
                                      uint64_t& sent_bytes) {
     std::unique_ptr<ObjectReader> reader = std::move(r.reader);
     uint64_t left = r.content_length.value_or(0);
+    const size_t chunk = std::min<uint64_t>(options_.io_chunk_bytes, std::max<uint64_t>(left, 1));
+    std::unique_ptr<char[]> buf(new char[chunk]);  // not zero-filled: every byte sent is read
+    auto read_chunk = [&]() -> Result<size_t> {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(chunk, left));
+      CAIRN_TRY(n, reader->read(buf.get(), want));
+      if (n == 0) return ObjErrc::data_corrupt;  // the object ended early
+      return n;
+    };
+    Result<size_t> n = size_t{0};
+    if (left > 0) n = co_await x.blocking(read_chunk);
+    if (!n) {
+      CAIRN_LOG_ERROR(kLog, "request %s: GET %s: read failed: %s", x.request_id.c_str(),
+                      x.path.c_str(), n.error().message().c_str());
+      co_await x.blocking([&] {
+        reader.reset();
+        return 0;
+      });
+      Reply err = error_reply(x, s3_error(n.error()));
+      r.status = err.status;  // what the metrics and the log count
+      r.error_code = err.error_code;
+      bool sent = co_await write_reply(stream, x, err, keep, sent_bytes);
+      co_return sent;
+    }
     http::response<http::buffer_body> res{r.status, x.req().version()};
     common_headers(res, x, r, keep);
     res.content_length(left);
-    res.body().data = nullptr;
-    res.body().more = true;
     http::response_serializer<http::buffer_body> sr{res};
     beast::error_code ec;
-    stream.expires_after(options_.idle_timeout);
-    co_await http::async_write_header(stream, sr, asio::redirect_error(asio::use_awaitable, ec));
-    std::vector<char> buf(std::min<uint64_t>(options_.io_chunk_bytes, std::max<uint64_t>(left, 1)));
-    bool ok = !ec;
-    while (ok && left > 0) {
-      size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), left));
-      auto n = co_await x.blocking([&] { return reader->read(buf.data(), want); });
-      if (!n || n.value() == 0) {
-        CAIRN_LOG_ERROR(kLog, "request %s: GET %s: read failed after the header was sent: %s",
-                        x.request_id.c_str(), x.path.c_str(),
-                        n ? "object ended early" : n.error().message().c_str());
-        ok = false;
-        break;
-      }
-      res.body().data = buf.data();
+    bool ok = true;
+    for (;;) {
+      // The header goes out with the first chunk; then one write per chunk.
+      res.body().data = n.value() > 0 ? buf.get() : nullptr;
       res.body().size = n.value();
-      res.body().more = true;
+      res.body().more = left > n.value();
       stream.expires_after(options_.idle_timeout);
       co_await http::async_write(stream, sr, asio::redirect_error(asio::use_awaitable, ec));
       if (ec == http::error::need_buffer) ec = {};
@@ -627,14 +645,14 @@ class S3Server::Impl {
       }
       left -= n.value();
       sent_bytes += n.value();
-    }
-    if (ok) {
-      res.body().data = nullptr;
-      res.body().size = 0;
-      res.body().more = false;
-      stream.expires_after(options_.idle_timeout);
-      co_await http::async_write(stream, sr, asio::redirect_error(asio::use_awaitable, ec));
-      ok = !ec;
+      if (left == 0) break;
+      n = co_await x.blocking(read_chunk);
+      if (!n) {
+        CAIRN_LOG_ERROR(kLog, "request %s: GET %s: read failed after the header was sent: %s",
+                        x.request_id.c_str(), x.path.c_str(), n.error().message().c_str());
+        ok = false;
+        break;
+      }
     }
     co_await x.blocking([&] {
       reader.reset();

@@ -219,6 +219,7 @@ StoreImpl::~StoreImpl() {
 }
 
 Status StoreImpl::init() {
+  opened_unix_ms_ = now_unix_ms();
   if (opt_.data_dir.empty()) {
     CAIRN_LOG_ERROR(kLog, "data_dir is empty");
     return ObjErrc::invalid_argument;
@@ -273,6 +274,7 @@ Status StoreImpl::init() {
                  store_id_.c_str(), opt_.data_dir.c_str(), k_, m_, drives_online(), n_,
                  static_cast<unsigned long long>(keys));
   started_ = true;
+  heal_busy_ = true;  // the start-up sweep (heal_main clears it)
   heal_thread_ = std::thread([this] { heal_main(); });
   return ok();
 }

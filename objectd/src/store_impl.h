@@ -9,8 +9,8 @@
 // per bucket+key stripe: object, upload and part commits of that key) -> catalog_mu_ ->
 // heal_mu_ / active_mu_ / coders_mu_ (leaves). File I/O happens outside every lock except the
 // key lock, which covers only the index read-modify-write.
-// The index entry is the commit point: shard files without one are orphans, removed by heal
-// passes after Options::orphan_grace_seconds.
+// The index entry is the commit point: shard files without one are orphans, removed at
+// start-up (those of an earlier run) and by heal passes after Options::orphan_grace_seconds.
 #pragma once
 
 #include <openssl/evp.h>
@@ -130,13 +130,17 @@ class WriterImpl final : public ObjectWriter {
 
  private:
   Status flush_stripe();
+  void reserve_data(size_t bytes);
 
   StoreImpl& store_;
   ObjectRecord rec_;
   StripeLayout layout_;
   std::unique_ptr<ShardSet> shards_;
-  std::vector<uint8_t> stripe_;   // k x B data, then m x B parity
-  size_t fill_ = 0;               // data bytes in stripe_
+  // The stripe being filled (up to k x B) and its parity (m x B). Allocated uninitialized
+  // and grown as data arrives, so a small object costs small buffers.
+  std::unique_ptr<uint8_t[]> data_, parity_;
+  size_t data_cap_ = 0, parity_cap_ = 0;
+  size_t fill_ = 0;               // data bytes in data_
   uint64_t written_ = 0;
   EVP_MD_CTX* md5_ = nullptr;
   Status failed_ = ok();
@@ -161,7 +165,8 @@ class ReaderImpl final : public ObjectReader {
   size_t segment_ = SIZE_MAX;
   std::unique_ptr<VersionReader> version_;
   uint64_t stripe_ = UINT64_MAX;
-  std::vector<uint8_t> buf_;            // (k+m) x B
+  std::unique_ptr<uint8_t[]> buf_;      // k+m blocks of one stripe (uninitialized)
+  size_t buf_cap_ = 0;
   std::vector<uint8_t*> blocks_;
   std::vector<bool> valid_;
 };
@@ -262,7 +267,9 @@ class StoreImpl final : public ObjectStore {
                           uint64_t* bytes_rewritten);
   HealOutcome heal_version(const ObjectRecord& rec, uint64_t* bytes_scanned,
                            uint64_t* bytes_rewritten);
-  uint64_t sweep_orphans();
+  // Unlinks unreferenced shard files and temp files (of no active write or heal) whose
+  // mtime is <= mtime_max_unix_ms; returns how many.
+  uint64_t sweep_orphans(int64_t mtime_max_unix_ms);
   bool still_referenced(const std::string& id);
   void account_locked(uint64_t objects, uint64_t data_bytes);
   void throttle(uint64_t bytes);
@@ -306,6 +313,7 @@ class StoreImpl final : public ObjectStore {
   int64_t last_save_ms_ = 0;
   bool queue_full_logged_ = false;
   bool started_ = false;            // init() completed: the heal state is loaded
+  int64_t opened_unix_ms_ = 0;      // when init() started: older leftovers are swept at once
   // Heal thread only: the rate limiter.
   double tokens_ = 0;
   int64_t tokens_ms_ = 0;

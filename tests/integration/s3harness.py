@@ -79,7 +79,8 @@ class Objectd(harness.Server):
 
     kind = "objectd"
 
-    def __init__(self, label="objectd", ec="4+2", drives=None, threads=None, env=None):
+    def __init__(self, label="objectd", ec="4+2", drives=None, threads=None, env=None,
+                 args=()):
         super().__init__(label)
         self.data_dir = os.path.join(self.tmp, "data")
         self.cwd = os.path.join(self.tmp, "cwd")
@@ -99,8 +100,10 @@ class Objectd(harness.Server):
             self.explicit_drives = False
         self.threads = threads
         self.env = dict(env or {})
+        self.args = list(args)       # extra flags for every start
         self.proc = None
         self.starts = 0
+        self.start_offset = 0        # where the log of the latest start begins
         self.port = None
         self.endpoint = None
         self.access_key = None
@@ -112,7 +115,7 @@ class Objectd(harness.Server):
     def pid(self):
         return self.proc.pid if self.proc else None
 
-    def command(self):
+    def command(self, args=()):
         cmd = [OBJECTD, "--data-dir", self.data_dir, "--listen",
                f"127.0.0.1:{self.port or 0}", "--ec", self.ec]
         if self.explicit_drives:
@@ -120,9 +123,11 @@ class Objectd(harness.Server):
                 cmd += ["--drive", d]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
-        return cmd
+        return cmd + self.args + list(args)
 
-    def start(self, env=None, same_port=False):
+    def start(self, env=None, same_port=False, args=()):
+        """Starts objectd and waits for its ready line. env: extra environment for this
+        start (e.g. CAIRN_FAULTS); args: extra flags for this start."""
         assert self.proc is None, "already running"
         if not os.path.exists(OBJECTD):
             raise AssertionError(
@@ -130,15 +135,18 @@ class Objectd(harness.Server):
         if not same_port:
             self.port = None
         self.starts += 1
-        cmd = self.command()
+        cmd = self.command(args)
         full_env = dict(os.environ)
         full_env.update(no_proxy_env())
+        full_env.pop("CAIRN_FAULTS", None)  # armed only through env=
         full_env.update(self.env)
         if env:
             full_env.update(env)
         with open(self.log_path, "a") as lf:
-            lf.write(f"===== start #{self.starts}: {shlex.join(cmd)}\n")
+            extra = f" env+={env}" if env else ""
+            lf.write(f"===== start #{self.starts}: {shlex.join(cmd)}{extra}\n")
             start_offset = lf.tell()
+        self.start_offset = start_offset
         logf = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
@@ -187,6 +195,40 @@ class Objectd(harness.Server):
     def log_text(self):
         with open(self.log_path, "r", errors="replace") as f:
             return f.read()
+
+    def log_since_start(self):
+        """The log of the latest start."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.start_offset)
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, pattern, timeout_s=60, what=None):
+        """Waits until the log of the latest start matches the regex; returns the match."""
+        def found():
+            if not self.alive():
+                raise AssertionError(f"objectd exited while waiting for {what or pattern!r}")
+            return re.search(pattern, self.log_since_start())
+        return harness.wait_for(found, timeout_s, what or f"objectd to log {pattern!r}")
+
+    def wait_startup_sweep(self, timeout_s=60):
+        """Until the store's start-up sweep (leftovers of an earlier run removed) is done;
+        returns how many files it removed."""
+        m = self.wait_log(r"start-up sweep done in [0-9.]+ s: (\d+) leftover files",
+                          timeout_s, "the start-up sweep")
+        return int(m.group(1))
+
+    def wait_exit(self, timeout_s):
+        """Waits for objectd to exit by itself (a fault point's exit action); returns its
+        status, or None (still running) after timeout_s."""
+        if self.proc is None:
+            return None
+        try:
+            rc = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        log(f"[{self.label}] objectd pid={self.proc.pid} exited by itself, status {rc}")
+        self.proc = None
+        return rc
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -361,6 +403,22 @@ def xml_code(body):
 
 
 # --------------------------------------------------------------------------- drives
+
+
+def temp_files(drive_dir):
+    """Names of the files in a drive's tmp/ directory (shard files being written or healed)."""
+    tmp = os.path.join(drive_dir, "tmp")
+    return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
+
+
+def remove_tree(path):
+    """rm -rf that wins against objectd finishing a straggling write in there."""
+    for _ in range(20):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"could not remove {path}")
 
 
 def shard_files(drive_dir):

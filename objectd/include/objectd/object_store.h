@@ -115,7 +115,9 @@ class ObjectWriter {
   virtual ~ObjectWriter() = default;
   virtual Status write(const void* data, size_t len) = 0;
   // Makes the object durable and visible. `meta.size_bytes` must equal the bytes written;
-  // bucket/key/mtime are filled by the store. Returns the stored metadata.
+  // `meta.etag`, when not empty, is the MD5 (hex) the data must have (Content-MD5), else
+  // bad_digest; etag, bucket/key/mtime are filled by the store (the writer computes the MD5
+  // of what it was given). Returns the stored metadata.
   virtual Result<ObjectMeta> commit(ObjectMeta meta) = 0;
 };
 
@@ -138,15 +140,18 @@ class ObjectStore {
     uint32_t shard_block_bytes = 256 * 1024;  // per shard per stripe (stripe = k x this)
     double scrub_period_hours = 24 * 7;   // a background pass verifies every shard this often;
                                           // 0 disables the scrubber
-    uint64_t heal_bytes_per_second = 256ull << 20;  // rate limit of heal/scrub I/O
+    uint64_t heal_bytes_per_second = 256ull << 20;  // rate limit of heal/scrub I/O; 0: none
     uint32_t drive_check_interval_ms = 5000;  // offline drives (and online ones) re-checked
     double orphan_grace_seconds = 3600;   // heal passes remove unreferenced shard/temp files
-                                          // older than this (a crashed PUT's leftovers)
+                                          // older than this (leftovers of deletes on offline
+                                          // drives); those older than the open go at start-up
     size_t heal_queue_max = 10000;        // heal-on-read queue; overflow waits for a pass
   };
 
   // Opens (creating if empty) the store: formats empty drives, loads or rebuilds the index
-  // (rebuilt from the shard files when index/ is missing), starts the heal/scrub thread.
+  // (rebuilt from the shard files when index/ is missing), starts the heal/scrub thread,
+  // whose first job removes what an earlier run's interrupted writes and heals left behind
+  // (temp files and shard files no index entry references, older than the open).
   // A drive that is missing, unreadable or not a directory is reported and skipped (the
   // store serves what quorum allows); open fails only when fewer than k+1 drives work.
   static Result<std::unique_ptr<ObjectStore>> open(const Options& options);

@@ -488,6 +488,34 @@ TEST_F(ObjectStoreHeal, OrphansRemovedAfterGrace) {
   expect_all_readable(objects);
 }
 
+TEST_F(ObjectStoreHeal, LeftoversOfAnEarlierRunRemovedAtStartup) {
+  std::mt19937_64 rng(test_seed() + 9);
+  auto objects = put_many(3, rng);
+  ObjectRecord rec = impl().records_for_test().at(1);
+  // What a crash leaves: a renamed shard file without index entry, temp files of a write
+  // and of a heal.
+  const std::string orphan_id = "00112233445566778899aabbccddeeff";
+  const std::string orphan = drive_dir(2) + "/objects/00/" + orphan_id;
+  fs::create_directories(drive_dir(2) + "/objects/00");
+  fs::copy_file(shard_path(rec, 0), orphan);
+  const std::string stale_tmp = drive_dir(3) + "/tmp/" + orphan_id + ".1";
+  const std::string stale_heal = drive_dir(4) + "/tmp/" + rec.id() + ".2.heal";
+  std::ofstream(stale_tmp) << "partial";
+  std::ofstream(stale_heal) << "partial";
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // mtime before the next open
+
+  open(options());  // default grace: an hour, which does not apply to an earlier run's files
+  ASSERT_TRUE(impl().wait_heal_idle(30000));
+  EXPECT_FALSE(fs::exists(orphan));
+  EXPECT_FALSE(fs::exists(stale_tmp));
+  EXPECT_FALSE(fs::exists(stale_heal));
+  EXPECT_EQ(tmp_files(), 0u);
+  expect_all_readable(objects);
+  heal_and_wait();
+  expect_fully_redundant_on_disk();
+  EXPECT_TRUE(store_->heal_status().fully_redundant);
+}
+
 TEST_F(ObjectStoreHeal, InterruptedPassResumesAfterRestart) {
   std::mt19937_64 rng(test_seed() + 7);
   for (int i = 0; i < 12; ++i) {

@@ -110,7 +110,9 @@ class MemObjectStore : public ObjectStore {
     }
     Result<ObjectMeta> commit(ObjectMeta meta) override {
       if (meta.size_bytes != data_.size()) return Errc::invalid_argument;
-      meta.etag = md5hex(data_);
+      std::string md5 = md5hex(data_);
+      if (!meta.etag.empty() && meta.etag != md5) return ObjErrc::bad_digest;
+      meta.etag = md5;
       meta.mtime_unix_ms = now_ms();
       return done_(std::move(meta), std::move(data_));
     }
