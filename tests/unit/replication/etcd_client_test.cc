@@ -425,8 +425,8 @@ TEST_F(Etcd, LeaseKeeperKeepsAKeyAlivePastSeveralTtls) {
 
 TEST_F(Etcd, LeaseKeeperReportsLossWhenEtcdStops) {
   EtcdClient::Options o;
-  o.timeout = 1s;
-  o.attempt_timeout = 500ms;
+  o.timeout = 4s;  // etcd must answer until it is stopped, even on a loaded machine
+  o.attempt_timeout = 2s;
   EtcdClient c({endpoint()}, o);
   LossProbe probe;
   auto keeper = LeaseKeeper::start(c, 2, probe.callback());
@@ -540,8 +540,8 @@ TEST_F(Etcd, WatchCancelWakesABlockedNext) {
 
 TEST_F(Etcd, WatchEndsUnavailableWhenEtcdStops) {
   EtcdClient::Options o;
-  o.timeout = 1s;
-  o.attempt_timeout = 500ms;
+  o.timeout = 4s;  // etcd must answer until it is stopped, even on a loaded machine
+  o.attempt_timeout = 2s;
   EtcdClient c({endpoint()}, o);
   auto w = c.watch("s/");
   ASSERT_TRUE(w);
@@ -638,8 +638,8 @@ TEST(EtcdEndpoints, SilentEndpointTimesOut) {
 
 TEST_F(Etcd, FailsOverToTheSecondEndpointWhenTheFirstIsDead) {
   EtcdClient::Options o;
-  o.timeout = 5s;
-  o.attempt_timeout = 1s;
+  o.timeout = 10s;
+  o.attempt_timeout = 2s;
   EtcdClient c({url(unused_port()), endpoint()}, o);
   auto rev = c.put("f/k", "v");
   ASSERT_TRUE(rev) << rev.error().message();
@@ -663,8 +663,9 @@ TEST_F(Etcd, FailsOverPastASilentFirstEndpoint) {
   asio::io_context ioc;
   tcp::acceptor silent(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   EtcdClient::Options o;
-  o.timeout = 5s;
-  o.attempt_timeout = 500ms;
+  // Generous per attempt: on a loaded machine etcd's own fsync may take a second.
+  o.timeout = 20s;
+  o.attempt_timeout = 3s;
   EtcdClient c({url(silent.local_endpoint().port()), endpoint()}, o);
   auto rev = c.put("h/k", "v");
   ASSERT_TRUE(rev) << rev.error().message();
