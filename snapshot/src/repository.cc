@@ -244,24 +244,28 @@ Result<std::unique_ptr<Repository>> Repository::open(BlobStore& store, std::opti
 
 std::string Repository::seal(char kind, const std::string& object_key, std::string_view plaintext,
                              bool compress) const {
-  std::string body;
+  // zstd writes into a scratch buffer kept per thread, and the object is assembled in one
+  // allocation: fresh 4 MiB buffers per chunk are zeroed and faulted in page by page.
+  thread_local std::string scratch;
+  std::string_view body = plaintext;
   uint8_t flags = 0;
   if (compress && config_.compression() == "zstd" && !plaintext.empty()) {
-    body.resize(ZSTD_compressBound(plaintext.size()));
-    size_t n = ZSTD_compress(body.data(), body.size(), plaintext.data(), plaintext.size(),
+    const size_t bound = ZSTD_compressBound(plaintext.size());
+    if (scratch.size() < bound) scratch.resize(bound);
+    size_t n = ZSTD_compress(scratch.data(), bound, plaintext.data(), plaintext.size(),
                              config_.zstd_level());
     if (!ZSTD_isError(n) && n < plaintext.size()) {
-      body.resize(n);
+      body = std::string_view(scratch.data(), n);
       flags |= kFlagZstd;
-    } else {
-      body.clear();
     }
   }
-  if (!(flags & kFlagZstd)) body.assign(plaintext);
   if (key_) flags |= kFlagGcm;
   std::string head = header(kind, flags);
-  if (!key_) return head + body;
-  return head + gcm_seal(enc_key_, head + object_key, body);
+  if (key_) return head + gcm_seal(enc_key_, head + object_key, body);
+  std::string out;
+  out.reserve(head.size() + body.size());
+  out.append(head).append(body);
+  return out;
 }
 
 Result<std::string> Repository::open_sealed(char kind, const std::string& object_key,

@@ -31,6 +31,7 @@ constexpr const char* k_log = "s3";
 constexpr uint64_t k_get_body_max_bytes = 256ull << 20;
 constexpr uint64_t k_other_body_max_bytes = 16ull << 20;
 constexpr size_t k_prefix_max_bytes = 512;
+constexpr size_t k_read_buffer_bytes = 128 * 1024;  // Beast reads at most 64 KiB per step
 constexpr int k_connections_max = 1024;
 constexpr int k_retries_max = 100;
 // An idle connection older than this is closed instead of reused: servers drop idle
@@ -418,6 +419,11 @@ int64_t system_now_s() {
 // ---- connections ----
 
 struct Connection {
+  // Beast reads max(512, capacity - size) bytes at a time (at most 64 KiB): a buffer left to
+  // grow by itself stays at a few hundred bytes, and a 4 MiB GET then costs ~8000 reads,
+  // each with an epoll round and a timer set and cancelled.
+  Connection() { buffer.reserve(k_read_buffer_bytes); }
+
   asio::io_context ioc{1};
   beast::tcp_stream stream{ioc};
   beast::flat_buffer buffer;
@@ -830,6 +836,13 @@ Status S3BlobStore::create_bucket() {
     const S3ErrorBody err = parse_error_body(res.body());
     if (err.code == "BucketAlreadyOwnedByYou") return ok();
     if (err.code == "BucketAlreadyExists") {
+      // Some services (s3rver) answer BucketAlreadyExists for a bucket of one's own too: one
+      // that we may reach (HEAD 2xx) is ours to use; only a refusal means someone else's.
+      Request probe;
+      probe.method = http::verb::head;
+      probe.target = "/" + impl_->config.bucket;
+      CAIRN_TRY(head, impl_->perform(probe, "HEAD bucket s3://" + impl_->config.bucket));
+      if (Impl::is_2xx(head)) return ok();
       CAIRN_LOG_WARN(k_log, "%s: BucketAlreadyExists: %s", what.c_str(), err.message.c_str());
       return Errc::already_exists;
     }
