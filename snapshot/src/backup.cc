@@ -101,6 +101,7 @@ class BackupRun {
   std::string backup_id_;
   int64_t started_server_s_ = 0;
   int64_t started_unix_s_ = 0;  // our clock: the id's time and the manifest's creation time
+  int64_t newest_created_ = 0;  // of the volume's existing backups
 
   std::optional<cairn::v1::BackupManifest> parent_;
   std::vector<std::optional<cairn::v1::ChunkRef>> refs_;
@@ -117,6 +118,7 @@ class BackupRun {
 
 Status BackupRun::choose_parent() {
   CAIRN_TRY(previous, repo_.list_manifests(options_.volume));
+  for (const auto& m : previous) newest_created_ = std::max(newest_created_, m.created_unix_s());
   for (auto it = previous.rbegin(); it != previous.rend(); ++it) {
     auto changes = source_.changed_since(it->snapshot());
     if (!changes) {
@@ -265,7 +267,9 @@ Result<cairn::v1::BackupManifest> BackupRun::run() {
   refs_.resize(nchunks_);
   CAIRN_TRY(choose_parent());
 
-  started_unix_s_ = now();
+  // Ids (and creation times) of one volume's backups strictly increase, also for backups
+  // made within one second: listings and retention order them by it.
+  started_unix_s_ = std::max(now(), newest_created_ + 1);
   backup_id_ = make_backup_id(started_unix_s_);
   CAIRN_TRY(write_lock(true));
   CAIRN_TRY(write_lock(false));  // records the server's start time in the lock

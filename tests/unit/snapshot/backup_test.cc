@@ -232,6 +232,28 @@ TEST(Backup, IncrementalReadsOnlyChangedChunksAndIsComplete) {
   EXPECT_EQ(restore(*repo, third), src.image());
 }
 
+TEST(Backup, BackupsWithinOneSecondStillSortByCreation) {
+  MemBlobStore store;
+  auto repo = init_repo(store);
+  FakeSource src(4 * kCs);
+  src.fill_random(0, kCs, 1);
+  auto a = backup(*repo, src, "s1");  // both at the same wall-clock second
+  src.fill_random(0, kCs, 2);
+  auto b = backup(*repo, src, "s2");
+  EXPECT_LT(a.backup_id(), b.backup_id());
+  EXPECT_EQ(b.created_unix_s(), a.created_unix_s() + 1);
+  auto listed = repo->list_manifests("vol");
+  ASSERT_TRUE(listed);
+  ASSERT_EQ(listed.value().size(), 2u);
+  EXPECT_EQ(listed.value()[1].backup_id(), b.backup_id());
+  cairn::v1::PruneRequest req;
+  req.set_keep_last(1);
+  auto pruned = run_prune(*repo, req, {});
+  ASSERT_TRUE(pruned);
+  ASSERT_EQ(pruned.value().kept_size(), 1);
+  EXPECT_EQ(pruned.value().kept(0), "vol/" + b.backup_id());
+}
+
 TEST(Backup, RerunAfterAFailureUploadsNothingTwice) {
   MemBlobStore store;
   auto repo = init_repo(store);
