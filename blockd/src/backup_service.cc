@@ -172,6 +172,19 @@ BackupService::BackupService(VolumeStore& store, Options options) : store_(store
   std::filesystem::create_directories(options_.state_dir, ec);
   for (const auto& entry : std::filesystem::directory_iterator(options_.state_dir, ec)) {
     const std::string path = entry.path().string();
+    if (entry.path().extension() == ".restoring") {
+      // A restore interrupted by a crash or restart: its volume is partial; it goes.
+      const std::string name = entry.path().stem().string();
+      Status deleted = store_.delete_volume(name, true);
+      if (deleted || deleted.error() == Errc::not_found) {
+        CAIRN_LOG_WARN(kLog, "deleted volume %s: its restore was interrupted (run it again)", name.c_str());
+        ::unlink(path.c_str());
+      } else {
+        CAIRN_LOG_ERROR(kLog, "cannot delete the partial volume %s of an interrupted restore: %s", name.c_str(),
+                        deleted.error().message().c_str());
+      }
+      continue;
+    }
     if (entry.path().extension() != ".state") continue;
     cairn::v1::HydrationState state;
     auto text = read_file(path);
@@ -442,12 +455,24 @@ Result<cairn::v1::BackupJob> BackupService::start_restore(const cairn::v1::Resto
   proto.set_snapshot(manifest.value().snapshot());
   proto.set_backup_id(manifest.value().volume() + "/" + manifest.value().backup_id());
   proto.set_repo(req.target().repo());
+  // Until the restore is complete, a marker says the volume is partial: after a crash the
+  // next start deletes it, so nothing half-restored stays behind under the new name.
+  std::string marker;
+  if (!options_.state_dir.empty()) {
+    marker = options_.state_dir + "/" + req.volume() + ".restoring";
+    Status written = write_file_atomic(marker, proto.backup_id(), 0600);
+    if (!written) {
+      (void)store_.delete_volume(req.volume(), true);
+      *message = "cannot write " + marker + ": " + written.error().message();
+      return written.error();
+    }
+  }
   auto shared = std::make_shared<OpenRepo>(std::move(open));
   auto m = std::make_shared<cairn::v1::BackupManifest>(std::move(manifest.value()));
   auto sink = std::make_shared<VolumeSink>(std::move(volume.value()));
   int threads = options_.threads_per_job;
   VolumeStore* store = &store_;
-  return launch(proto, [shared, m, sink, threads, store, req](Job& job, std::string* msg) -> Status {
+  return launch(proto, [shared, m, sink, threads, store, req, marker](Job& job, std::string* msg) -> Status {
     Status s = backup::run_restore(*shared->repo, *m, *sink, threads, &job.progress);
     if (s) s = sink->flush();
     if (!s) {
@@ -458,6 +483,7 @@ Result<cairn::v1::BackupJob> BackupService::start_restore(const cairn::v1::Resto
                                              : describe_error(s.error(), req.target().repo()));
       (void)store->delete_volume(req.volume(), true);
     }
+    if (!marker.empty()) ::unlink(marker.c_str());  // complete, or deleted
     return s;
   }, message);
 }

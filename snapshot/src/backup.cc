@@ -376,6 +376,7 @@ Status run_restore(Repository& repo, const cairn::v1::BackupManifest& manifest, 
   if (progress) progress->total_bytes = manifest.stats().logical_bytes();
   return parallel_for(manifest.chunks_size(), threads, progress, [&](size_t i) -> Status {
     const auto& ref = manifest.chunks(static_cast<int>(i));
+    if (int e = CAIRN_FAULT_POINT("backup.restore.chunk")) return errno_code(e);
     auto plain = repo.get_chunk(id_from_bytes(ref.id()));
     if (!plain) {
       CAIRN_LOG_ERROR("backup", "restore of %s/%s: chunk %llu (%s) is %s", manifest.volume().c_str(),

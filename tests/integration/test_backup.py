@@ -309,6 +309,23 @@ class BackupTest(unittest.TestCase):
         r = self.restore(repo, b["backupId"])
         self.compare(self.blockd.tcp_uri(f"{vol}@s1"), self.blockd.tcp_uri(r))
 
+    def test_restore_interrupted_by_a_crash_leaves_no_partial_volume(self):
+        _, vol = self.snapshotted_volume("backup-restore-kill", 32 * MiB, density=1.0, prefix="c")
+        repo = self.new_repo()
+        b = self.backup(repo, vol, "s1")
+        self.blockd.restart(env={"CAIRN_FAULTS": "backup.restore.chunk:exit:after=3"})
+        newvol = self.name("r")
+        p = self.cairn("backup", "restore", b["backupId"], newvol, "--repo", repo, "--poll-ms", "50",
+                       json_out=False, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIsNotNone(self.blockd.wait_exit(30), "blockd did not stop at the fault point")
+        self.blockd.start()
+        names = [v["name"] for v in self.blockd.cairn("volume", "list")["volumes"]]
+        self.assertNotIn(newvol, names)
+        self.assertEqual(os.listdir(os.path.join(self.blockd.data_dir, "hydrate")), [])
+        r = self.restore(repo, b["backupId"])
+        self.compare(self.blockd.tcp_uri(f"{vol}@s1"), self.blockd.tcp_uri(r))
+
     def test_backup_and_restore_with_a_lost_objectd_drive(self):
         rng, vol = self.snapshotted_volume("backup-lost-drive", 32 * MiB, prefix="l")
         repo = self.new_repo()
