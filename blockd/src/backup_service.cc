@@ -15,6 +15,7 @@
 #include "snapshot/backup.h"
 #include "snapshot/s3_blob_store.h"
 #include "store_impl.h"
+#include "volume_sink.h"
 
 namespace cairn::blockd {
 namespace {
@@ -127,20 +128,6 @@ class SnapshotSource final : public BackupSource {
   std::string volume_, snapshot_;
   ReactorThread reactor_;
 };
-
-class VolumeSink final : public RestoreSink {
- public:
-  explicit VolumeSink(std::shared_ptr<Volume> volume) : volume_(std::move(volume)) {}
-  Status write(uint64_t offset, std::string_view data) override {
-    return reactor_.run(volume_->write(offset, data.size(), data.data(), false));
-  }
-  Status flush() { return reactor_.run(volume_->flush()); }
-
- private:
-  std::shared_ptr<Volume> volume_;
-  ReactorThread reactor_;
-};
-
 
 cairn::v1::BackupSummary summary_of(const cairn::v1::BackupManifest& m) {
   cairn::v1::BackupSummary s;

@@ -13,18 +13,10 @@ namespace cairn::blockd {
 namespace {
 
 constexpr const char* kLog = "backup";
-constexpr uint64_t kBlock = 4096;
 constexpr auto kRetryEvery = std::chrono::seconds(2);
 
 bool bit(const std::string& bytes, uint64_t i) {
   return i / 8 < bytes.size() && (static_cast<uint8_t>(bytes[i / 8]) >> (i % 8)) & 1;
-}
-
-bool all_zero(const char* p, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    if (p[i] != 0) return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -36,6 +28,7 @@ Hydrator::Hydrator(std::string state_path, cairn::v1::HydrationState state, std:
       volume_(std::move(volume)),
       workers_(std::max(1, workers)),
       progress_(progress),
+      sink_(volume_),
       chunk_size_(state_.chunk_size()),
       nchunks_(state_.chunks()) {
   CAIRN_ASSERT(chunk_size_ > 0);
@@ -191,22 +184,9 @@ Status Hydrator::persist() {
 Status Hydrator::hydrate(uint64_t chunk) {
   if (int e = CAIRN_FAULT_POINT("backup.hydrate.chunk")) return errno_code(e);
   CAIRN_TRY(data, backup::read_backup_chunk(*repo_, manifest_, chunk));
-  uint64_t base = chunk * chunk_size_;
-  for (size_t i = 0; i < data.size();) {
-    size_t step = std::min<size_t>(kBlock, data.size() - i);
-    if (all_zero(data.data() + i, step)) {
-      i += step;
-      continue;
-    }
-    size_t j = i + step;
-    while (j < data.size() && !all_zero(data.data() + j, std::min<size_t>(kBlock, data.size() - j))) {
-      j += std::min<size_t>(kBlock, data.size() - j);
-    }
-    CAIRN_TRY(io_.run(volume_->write(base + i, j - i, data.data() + i, false)));
-    i = j;
-  }
+  CAIRN_TRY(backup::write_nonzero_blocks(sink_, chunk * chunk_size_, data));
   // Data durable before the bit: a bit never claims bytes a crash could lose.
-  CAIRN_TRY(io_.run(volume_->flush()));
+  CAIRN_TRY(sink_.flush());
   std::lock_guard lock(persist_mu_);
   auto& bytes = *state_.mutable_hydrated();
   bytes[chunk / 8] = static_cast<char>(static_cast<uint8_t>(bytes[chunk / 8]) | (1u << (chunk % 8)));

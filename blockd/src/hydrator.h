@@ -30,9 +30,9 @@
 #include "blockd/volume_store.h"
 #include "cairn/v1/backup.pb.h"
 #include "common/reactor.h"
-#include "common/reactor_thread.h"
 #include "snapshot/backup.h"
 #include "snapshot/s3_blob_store.h"
+#include "volume_sink.h"
 
 namespace cairn::blockd {
 
@@ -92,7 +92,7 @@ class Hydrator {
   std::shared_ptr<Volume> volume_;
   const int workers_;
   backup::JobProgress* progress_;
-  ReactorThread io_;
+  VolumeSink sink_;  // writes into volume_
 
   std::unique_ptr<backup::S3BlobStore> store_;
   std::unique_ptr<backup::Repository> repo_;

@@ -7,11 +7,10 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
-#include <sstream>
-#include <sys/stat.h>
 #include <thread>
 
 #include "cli.h"
+#include "common/file.h"
 #include "common/size.h"
 
 namespace cairn::client {
@@ -231,34 +230,22 @@ std::optional<int> run_backup_commands(const BackupCommands& c, ControlClient& c
   std::string key_file = c.key_file.empty() ? getenv("CAIRN_BACKUP_KEY_FILE").value_or("") : c.key_file;
   bool created_key = false;
   if (!key_file.empty()) {
-    std::ifstream in(key_file);
-    if (!in && *c.init) {
+    auto text = read_file(key_file);
+    if (!text && text.error() == std::errc::no_such_file_or_directory && *c.init) {
       // A new encrypted repository with a new key: write it (0600) before anything else.
-      std::string hex;
+      sigv4::Digest key;
       std::ifstream rnd("/dev/urandom", std::ios::binary);
-      unsigned char bytes[32];
-      if (!rnd.read(reinterpret_cast<char*>(bytes), sizeof bytes)) return fail("cannot read /dev/urandom");
-      static constexpr char kDigits[] = "0123456789abcdef";
-      for (unsigned char b : bytes) {
-        hex.push_back(kDigits[b >> 4]);
-        hex.push_back(kDigits[b & 15]);
-      }
-      mode_t old = ::umask(077);
-      std::ofstream f(key_file, std::ios::trunc);
-      f << hex << "\n";
-      f.close();
-      ::umask(old);
-      if (!f) return fail("cannot write key file " + key_file);
+      if (!rnd.read(reinterpret_cast<char*>(key.data()), key.size())) return fail("cannot read /dev/urandom");
+      std::string hex = sigv4::to_hex(key);
+      if (!write_file_atomic(key_file, hex + "\n", 0600)) return fail("cannot write key file " + key_file);
       created_key = true;
       target.set_key_hex(hex);
-    } else if (!in) {
-      return fail("cannot read key file " + key_file);
+    } else if (!text) {
+      return fail("cannot read key file " + key_file + ": " + text.error().message());
     } else {
-      std::stringstream ss;
-      ss << in.rdbuf();
-      std::string text = ss.str();
-      while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
-      target.set_key_hex(text);
+      std::string& k = text.value();
+      while (!k.empty() && std::isspace(static_cast<unsigned char>(k.back()))) k.pop_back();
+      target.set_key_hex(k);
     }
   }
 

@@ -18,16 +18,7 @@ using std::chrono::milliseconds;
 
 namespace {
 
-KeyValue from_pb(const pb::KeyValue& kv) {
-  KeyValue out;
-  out.key = kv.key();
-  out.value = kv.value();
-  out.create_revision = kv.create_revision();
-  out.mod_revision = kv.mod_revision();
-  out.version = kv.version();
-  out.lease = kv.lease();
-  return out;
-}
+using detail::from_pb;  // KeyValue
 
 RangeResult from_pb(const pb::RangeResponse& r) {
   RangeResult out;

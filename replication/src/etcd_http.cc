@@ -190,6 +190,17 @@ http::request<http::string_body> make_request(const Endpoint& endpoint, std::str
   return req;
 }
 
+KeyValue from_pb(const cairn::v1::etcd::KeyValue& kv) {
+  KeyValue out;
+  out.key = kv.key();
+  out.value = kv.value();
+  out.create_revision = kv.create_revision();
+  out.mod_revision = kv.mod_revision();
+  out.version = kv.version();
+  out.lease = kv.lease();
+  return out;
+}
+
 std::string to_json(const google::protobuf::Message& message) {
   std::string out;
   google::protobuf::util::JsonPrintOptions opts;

@@ -13,6 +13,7 @@
 #include <system_error>
 #include <vector>
 
+#include "cairn/v1/etcd.pb.h"
 #include "common/asio.h"
 #include "common/result.h"
 #include "replication/etcd_client.h"
@@ -85,6 +86,8 @@ http::request<http::string_body> make_request(const Endpoint& endpoint, std::str
                                               std::string body);
 
 std::string to_json(const google::protobuf::Message& message);
+// etcd's KeyValue (gateway JSON, decoded) -> the client's.
+KeyValue from_pb(const cairn::v1::etcd::KeyValue& kv);
 // False when `json` does not parse as `message` (unknown fields are ignored).
 bool from_json(std::string_view json, google::protobuf::Message& message);
 

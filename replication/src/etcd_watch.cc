@@ -16,16 +16,6 @@ constexpr size_t kErrorBodyMaxBytes = 64 * 1024;
 
 std::error_code cancelled_code() { return errno_code(ECANCELED); }
 
-KeyValue from_pb(const pb::KeyValue& kv) {
-  KeyValue out;
-  out.key = kv.key();
-  out.value = kv.value();
-  out.create_revision = kv.create_revision();
-  out.mod_revision = kv.mod_revision();
-  out.version = kv.version();
-  out.lease = kv.lease();
-  return out;
-}
 }  // namespace
 
 // ---- Watch (the public face) ----

@@ -342,8 +342,15 @@ Result<cairn::v1::BackupManifest> BackupRun::run() {
   return manifest;
 }
 
-// Writes the non-zero 4 KiB blocks of `data` (at `offset`) in runs.
-Status write_nonzero(RestoreSink& sink, uint64_t offset, std::string_view data) {
+}  // namespace
+
+Result<cairn::v1::BackupManifest> run_backup(Repository& repo, BackupSource& source,
+                                             const BackupOptions& options) {
+  BackupRun run(repo, source, options);
+  return run.run();
+}
+
+Status write_nonzero_blocks(RestoreSink& sink, uint64_t offset, std::string_view data) {
   size_t i = 0;
   while (i < data.size()) {
     size_t step = std::min<size_t>(kZeroBlock, data.size() - i);
@@ -363,14 +370,6 @@ Status write_nonzero(RestoreSink& sink, uint64_t offset, std::string_view data) 
   return ok();
 }
 
-}  // namespace
-
-Result<cairn::v1::BackupManifest> run_backup(Repository& repo, BackupSource& source,
-                                             const BackupOptions& options) {
-  BackupRun run(repo, source, options);
-  return run.run();
-}
-
 Status run_restore(Repository& repo, const cairn::v1::BackupManifest& manifest, RestoreSink& sink,
                    int threads, JobProgress* progress) {
   if (progress) progress->total_bytes = manifest.stats().logical_bytes();
@@ -387,7 +386,7 @@ Status run_restore(Repository& repo, const cairn::v1::BackupManifest& manifest, 
     }
     if (plain.value().size() != chunk_length(manifest, ref.index())) return Errc::corrupt;
     if (progress) progress->transferred_bytes += ref.stored_size();
-    CAIRN_TRY(write_nonzero(sink, ref.index() * manifest.chunk_size(), plain.value()));
+    CAIRN_TRY(write_nonzero_blocks(sink, ref.index() * manifest.chunk_size(), plain.value()));
     if (progress) progress->done_bytes += plain.value().size();
     return ok();
   });

@@ -30,7 +30,7 @@ def _b64(data):
     return base64.b64encode(data).decode()
 
 
-class Etcd(harness.Server):
+class Etcd(harness.DaemonProcess, harness.Server):
     """One etcd member on 127.0.0.1. start() after stop() reuses the ports and the data."""
 
     kind = "etcd"
@@ -90,9 +90,6 @@ class Etcd(harness.Server):
         self.kill9()
         return False
 
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self, check=True, timeout_s=STOP_TIMEOUT_S):
         if self.proc is None:
             return None
@@ -106,14 +103,6 @@ class Etcd(harness.Server):
                 p.wait(10)
         log(f"[{self.label}] etcd pid={p.pid} stopped, status {p.returncode}")
         return p.returncode
-
-    def kill9(self):
-        if self.proc is None:
-            return
-        p, self.proc = self.proc, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
 
     # ---- reading etcd directly (its v3 JSON gateway)
     def range(self, prefix, timeout=10):

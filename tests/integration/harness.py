@@ -335,7 +335,65 @@ class Server:
         return f"nbd://127.0.0.1:{self.nbd_port}"
 
 
-class Blockd(Server):
+class DaemonProcess:
+    """Process control shared by the daemons the tests start (self.proc, self.kind,
+    self.label; print_log_tail from Server): clean stop with its exit status checked, kill -9,
+    waiting for an exit of its own. Always by PID."""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, check=True, timeout_s=STOP_TIMEOUT_S):
+        """SIGTERM, then SIGKILL after timeout_s. With check, anything but a clean exit 0
+        within the timeout is a test failure."""
+        if self.proc is None:
+            return None
+        p, self.proc = self.proc, None
+        problem = None
+        rc = p.poll()
+        if rc is not None:
+            problem = f"{self.kind} pid {p.pid} had already exited with status {rc} before stop()"
+        else:
+            p.send_signal(signal.SIGTERM)
+            try:
+                rc = p.wait(timeout_s)
+                if rc != 0:
+                    problem = f"{self.kind} exited with status {rc} after SIGTERM (expected 0)"
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = p.wait(10)
+                problem = f"{self.kind} did not exit within {timeout_s}s of SIGTERM; killed"
+        log(f"[{self.label}] {self.kind} pid={p.pid} stopped, status {rc}")
+        if problem and check:
+            self.failed = True
+            self.print_log_tail()
+            raise AssertionError(problem)
+        return rc
+
+    def kill9(self):
+        if self.proc is None:
+            return
+        p, self.proc = self.proc, None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        log(f"[{self.label}] {self.kind} pid={p.pid} killed with SIGKILL")
+
+    def wait_exit(self, timeout_s):
+        """For fault-injection runs: waits for the daemon to exit by itself; returns its
+        status, or None (still running) after timeout_s."""
+        if self.proc is None:
+            return None
+        try:
+            rc = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        log(f"[{self.label}] {self.kind} pid={self.proc.pid} exited by itself, status {rc}")
+        self.proc = None
+        return rc
+
+
+class Blockd(DaemonProcess, Server):
     """The real blockd: temp data dir, ephemeral ports, readiness from its log line."""
 
     kind = "blockd"
@@ -422,57 +480,6 @@ class Blockd(Server):
                     f"blockd did not log 'blockd ready' within {READY_TIMEOUT_S}s; "
                     f"log tail:\n{_tail(text)}")
             time.sleep(0.05)
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, check=True, timeout_s=STOP_TIMEOUT_S):
-        """SIGTERM, then SIGKILL after timeout_s. With check, anything but a clean exit 0
-        within the timeout is a test failure."""
-        if self.proc is None:
-            return None
-        p, self.proc = self.proc, None
-        problem = None
-        rc = p.poll()
-        if rc is not None:
-            problem = f"blockd pid {p.pid} had already exited with status {rc} before stop()"
-        else:
-            p.send_signal(signal.SIGTERM)
-            try:
-                rc = p.wait(timeout_s)
-                if rc != 0:
-                    problem = f"blockd exited with status {rc} after SIGTERM (expected 0)"
-            except subprocess.TimeoutExpired:
-                p.kill()
-                rc = p.wait(10)
-                problem = f"blockd did not exit within {timeout_s}s of SIGTERM; killed"
-        log(f"[{self.label}] blockd pid={p.pid} stopped, status {rc}")
-        if problem and check:
-            self.failed = True
-            self.print_log_tail()
-            raise AssertionError(problem)
-        return rc
-
-    def kill9(self):
-        if self.proc is None:
-            return
-        p, self.proc = self.proc, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
-        log(f"[{self.label}] blockd pid={p.pid} killed with SIGKILL")
-
-    def wait_exit(self, timeout_s):
-        """For fault-injection runs: wait for blockd to exit on its own."""
-        if self.proc is None:
-            return None
-        try:
-            rc = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        log(f"[{self.label}] blockd pid={self.proc.pid} exited by itself, status {rc}")
-        self.proc = None
-        return rc
 
     def restart(self, env=None):
         if self.proc is not None:

@@ -10,14 +10,12 @@ Environment (besides harness.py's):
   CAIRN_S3_TEST_TIMEOUT_S  watchdog for one test file (default 280 s)
 """
 
-import contextlib
 import http.client
 import json as jsonlib
 import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ import unittest
 import warnings
 
 import harness
-from harness import BUILD_DIR, CAIRN, READY_TIMEOUT_S, STOP_TIMEOUT_S, _tail, log, run
+from harness import BUILD_DIR, CAIRN, READY_TIMEOUT_S, _tail, log, run
 
 # Debian's python3-boto3 lives in the system interpreter's dist-packages.
 for _d in ("/usr/lib/python3/dist-packages",):
@@ -69,7 +67,7 @@ os.environ.pop("AWS_CA_BUNDLE", None)
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
-class Objectd(harness.Server):
+class Objectd(harness.DaemonProcess, harness.Server):
     """The real objectd: temp data dir, ephemeral port, readiness from its log line.
 
     drives: None for the default K+M directories under the data dir, or a number of
@@ -216,58 +214,6 @@ class Objectd(harness.Server):
         m = self.wait_log(r"start-up sweep done in [0-9.]+ s: (\d+) leftover files",
                           timeout_s, "the start-up sweep")
         return int(m.group(1))
-
-    def wait_exit(self, timeout_s):
-        """Waits for objectd to exit by itself (a fault point's exit action); returns its
-        status, or None (still running) after timeout_s."""
-        if self.proc is None:
-            return None
-        try:
-            rc = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        log(f"[{self.label}] objectd pid={self.proc.pid} exited by itself, status {rc}")
-        self.proc = None
-        return rc
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, check=True, timeout_s=STOP_TIMEOUT_S):
-        """SIGTERM, then SIGKILL after timeout_s. With check, anything but a clean exit 0
-        within the timeout is a test failure."""
-        if self.proc is None:
-            return None
-        p, self.proc = self.proc, None
-        problem = None
-        rc = p.poll()
-        if rc is not None:
-            problem = f"objectd pid {p.pid} had already exited with status {rc} before stop()"
-        else:
-            p.send_signal(signal.SIGTERM)
-            try:
-                rc = p.wait(timeout_s)
-                if rc != 0:
-                    problem = f"objectd exited with status {rc} after SIGTERM (expected 0)"
-            except subprocess.TimeoutExpired:
-                p.kill()
-                rc = p.wait(10)
-                problem = f"objectd did not exit within {timeout_s}s of SIGTERM; killed"
-        log(f"[{self.label}] objectd pid={p.pid} stopped, status {rc}")
-        if problem and check:
-            self.failed = True
-            self.print_log_tail()
-            raise AssertionError(problem)
-        return rc
-
-    def kill9(self):
-        if self.proc is None:
-            return
-        p, self.proc = self.proc, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
-        log(f"[{self.label}] objectd pid={p.pid} killed with SIGKILL")
 
     def restart(self, env=None):
         """Stops (SIGTERM) and starts again on the same port."""

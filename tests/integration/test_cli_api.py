@@ -6,7 +6,6 @@ have no control API)."""
 import os
 import stat
 import sys
-import time
 import unittest
 
 sys.dont_write_bytecode = True

@@ -80,6 +80,10 @@ Result<cairn::v1::BackupManifest> run_backup(Repository& repo, BackupSource& sou
 Status run_restore(Repository& repo, const cairn::v1::BackupManifest& manifest, RestoreSink& sink,
                    int threads, JobProgress* progress);
 
+// Writes the non-zero 4 KiB blocks of `data` (placed at `offset`) to `sink`, in runs; zero
+// blocks are not written, so they stay holes on a new volume.
+Status write_nonzero_blocks(RestoreSink& sink, uint64_t offset, std::string_view data);
+
 // The plaintext of chunk `index` of a backup (zeros for a hole; the last chunk is cut at the
 // volume size). For on-demand reads during an instant restore.
 Result<std::string> read_backup_chunk(Repository& repo, const cairn::v1::BackupManifest& manifest,
