@@ -17,17 +17,21 @@
 #include "common/net.h"
 #include "common/size.h"
 #include "replication/cluster_member.h"
-#include "replication/replication_listener.h"
+#include "replication/cluster_volumes.h"
+#include "replication/replica_server.h"
 
 using namespace cairn;
 using namespace cairn::blockd;
 using replication::ClusterMember;
+using replication::ClusterVolumes;
+using replication::ReplicaServer;
 
 namespace {
 
 // Cluster mode (--node-id, --cluster, --replication-listen): the node's place in etcd.
 struct ClusterFlags {
-  std::string node_id, cluster, replication_listen;
+  std::string node_id, cluster, replication_listen, replication_advertise;
+  int64_t lease_ttl_s = 3;
   std::vector<std::string> etcd_endpoints;
   std::pair<std::string, uint16_t> replication_ep;
   bool enabled() const { return !node_id.empty(); }
@@ -61,6 +65,11 @@ bool check_cluster_flags(ClusterFlags& f) {
     return false;
   }
   f.replication_ep = *ep;
+  if (!f.replication_advertise.empty() && !parse_host_port(f.replication_advertise)) {
+    fprintf(stderr, "blockd: error: bad --replication-advertise \"%s\": expected HOST:PORT\n",
+            f.replication_advertise.c_str());
+    return false;
+  }
   return true;
 }
 
@@ -94,7 +103,13 @@ int main(int argc, char** argv) {
   app.add_option("--node-id", cluster.node_id, "Cluster mode: this node's id, 1-64 of [a-z0-9_-]");
   app.add_option("--cluster", cluster.cluster, "Cluster mode: etcd endpoints http://HOST:PORT[,...]");
   app.add_option("--replication-listen", cluster.replication_listen,
-                 "Cluster mode: replication link HOST:PORT (for now accepts and closes connections)");
+                 "Cluster mode: replication link HOST:PORT (replicas of other nodes' volumes)");
+  app.add_option("--replication-advertise", cluster.replication_advertise,
+                 "Cluster mode: HOST:PORT other nodes connect to for the replication link "
+                 "(default: the --replication-listen address with its bound port)");
+  app.add_option("--lease-ttl", cluster.lease_ttl_s,
+                 "Cluster mode: seconds without etcd contact before the node counts as gone "
+                 "(its volumes fail over)")->capture_default_str()->check(CLI::Range(2, 60));
   CLI11_PARSE(app, argc, argv);
 
   set_log_level(level == "debug" ? LogLevel::debug : level == "warn" ? LogLevel::warn
@@ -139,13 +154,22 @@ int main(int argc, char** argv) {
   BackupService::Options backup_opts;
   backup_opts.state_dir = data_dir + "/hydrate";
   auto backups = std::make_unique<BackupService>(*store.value(), backup_opts);
-  nbd_opts.open_volume = [b = backups.get()](const std::string& name) { return b->open_volume(name); };
+  // Cluster mode: replicated volumes are served by the node that is their primary; set
+  // once the node joined.
+  std::atomic<ClusterVolumes*> cluster_volumes_ptr{nullptr};
+  nbd_opts.open_volume = [b = backups.get(), &cluster_volumes_ptr](const std::string& name,
+                                                                  std::string* why) {
+    ClusterVolumes* c = cluster_volumes_ptr.load(std::memory_order_acquire);
+    if (c && c->is_cluster_volume(name)) return c->open(name, why);
+    return b->open_volume(name);
+  };
   NbdServer nbd(*store.value(), nbd_opts);
   if (auto st = nbd.start(); !st) return 1;
   std::string nbd_tcp = nbd_opts.tcp_enabled ? format_host_port(nbd_opts.tcp_host, nbd.tcp_port()) : "";
 
   ControlApi::Options api_opts;
   api_opts.backups = backups.get();
+  api_opts.cluster_mode = cluster.enabled();
   // Set once the node joined; the API may be asked before that.
   std::atomic<ClusterMember*> member_ptr{nullptr};
   if (cluster.enabled()) {
@@ -171,12 +195,28 @@ int main(int argc, char** argv) {
   }
   const std::string api_url = "http://" + format_host_port(api_ep->first, api.port());
 
-  replication::ReplicationListener replication_listener;
+  VolumeStore* s = store.value().get();
+  auto open_local = [s](const std::string& name, uint64_t size, bool* created) {
+    return open_or_create_volume(*s, name, size, created);
+  };
+  ReplicaServer::Options rs_opts;
+  rs_opts.state_dir = data_dir + "/replication/epochs";
+  rs_opts.open_volume = open_local;
+  rs_opts.snapshot = [s](const std::string& volume, const std::string& snapshot) -> Status {
+    auto snap = s->create_snapshot(volume, snapshot);
+    if (!snap) return snap.error();
+    return ok();
+  };
+  rs_opts.delete_snapshot = [s](const std::string& volume, const std::string& snapshot) {
+    return s->delete_snapshot(volume, snapshot);
+  };
+  ReplicaServer replica_server(rs_opts);
   std::unique_ptr<ClusterMember> member;
+  std::unique_ptr<ClusterVolumes> cluster_volumes;
   std::string cluster_ready;  // " node=ID replication=HOST:PORT" in cluster mode
   if (cluster.enabled()) {
     const auto& [rep_host, rep_port] = cluster.replication_ep;
-    if (auto st = replication_listener.start(rep_host, rep_port); !st) {
+    if (auto st = replica_server.start(rep_host, rep_port); !st) {
       fprintf(stderr, "blockd: error: cannot listen on %s: %s\n", cluster.replication_listen.c_str(),
               st.error().message().c_str());
       api.stop();
@@ -184,14 +224,17 @@ int main(int argc, char** argv) {
       return 1;
     }
     warn_if_wildcard("--api-listen", api_ep->first);
-    warn_if_wildcard("--replication-listen", rep_host);
+    if (cluster.replication_advertise.empty()) warn_if_wildcard("--replication-listen", rep_host);
     if (nbd_ep) warn_if_wildcard("--nbd-listen", nbd_ep->first);
     ClusterMember::Options m;
     m.node_id = cluster.node_id;
     m.etcd_endpoints = cluster.etcd_endpoints;
     m.nbd = nbd_tcp;
     m.api = api_url;
-    m.replication = format_host_port(rep_host, replication_listener.port());
+    m.replication = cluster.replication_advertise.empty()
+                        ? format_host_port(rep_host, replica_server.port())
+                        : cluster.replication_advertise;
+    m.lease_ttl_s = cluster.lease_ttl_s;
     m.usage = [s = store.value().get()] {
       StoreStats st = s->stats();
       return replication::NodeUsage{st.capacity_bytes, st.used_bytes, st.volumes};
@@ -201,13 +244,35 @@ int main(int argc, char** argv) {
     if (!joined) {
       fprintf(stderr, "blockd: error: cannot join the cluster as node %s: %s\n",
               cluster.node_id.c_str(), why.c_str());
-      replication_listener.stop();
+      replica_server.stop();
       api.stop();
       nbd.stop();
       return 1;
     }
     member = std::move(joined.value());
     member_ptr.store(member.get(), std::memory_order_release);
+    ClusterVolumes::Options cv;
+    cv.member = member.get();
+    cv.state_dir = data_dir + "/replication/dirty";
+    cv.open_local = open_local;
+    cv.delete_local = [s](const std::string& name) { return s->delete_volume(name, true); };
+    cv.admit_epoch = [&replica_server](const std::string& name, uint64_t epoch) {
+      return replica_server.admit_epoch(name, epoch);
+    };
+    cv.forget_epoch = [&replica_server](const std::string& name) { replica_server.forget_epoch(name); };
+    auto started = ClusterVolumes::start(cv);
+    if (!started) {
+      fprintf(stderr, "blockd: error: cannot start replicated volumes: %s\n",
+              started.error().message().c_str());
+      member->stop();
+      replica_server.stop();
+      api.stop();
+      nbd.stop();
+      return 1;
+    }
+    cluster_volumes = std::move(started).value();
+    cluster_volumes_ptr.store(cluster_volumes.get(), std::memory_order_release);
+    api.set_cluster(cluster_volumes.get());
     cluster_ready = " node=" + cluster.node_id + " replication=" + m.replication;
   }
   CAIRN_LOG_INFO("blockd", "blockd ready nbd=%s socket=%s api=%s token_file=%s/admin.token%s",
@@ -217,9 +282,13 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&sigs, &sig);
   CAIRN_LOG_INFO("blockd", "signal %d: shutting down", sig);
-  if (member) member->stop();  // revokes the lease: the node leaves the cluster at once
+  // Revoking the lease makes the node leave at once: its volumes fail over to replicas.
+  if (member) member->stop();
+  api.set_cluster(nullptr);
+  cluster_volumes_ptr.store(nullptr, std::memory_order_release);
+  if (cluster_volumes) cluster_volumes->stop();  // fences the volumes served here
   api.stop();
-  replication_listener.stop();
+  replica_server.stop();
   nbd.stop();
   backups.reset();  // cancels and joins running jobs; instant restores resume at next start
   store.value().reset();

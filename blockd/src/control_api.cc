@@ -25,6 +25,7 @@
 #include "common/file.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "replication/cluster_volumes.h"
 
 namespace cairn::blockd {
 namespace {
@@ -280,6 +281,7 @@ Reply invalid_name(std::string_view kind, std::string_view name) {
 
 class ControlApi::Impl {
  public:
+  void set_cluster(replication::ClusterVolumes* c) { cluster_.store(c, std::memory_order_release); }
   Impl(VolumeStore& store, std::string token, StatusFn status_fn, Options options)
       : store_(store),
         token_(std::move(token)),
@@ -596,6 +598,10 @@ class ControlApi::Impl {
         if (method == http::verb::post) return create_volume(req.body());
         return method_not_allowed("GET, POST");
       }
+      if (seg.size() == 4 && options_.cluster_mode && (seg[3] == "attach" || seg[3] == "rebuild-rate")) {
+        if (method != http::verb::post) return method_not_allowed("POST");
+        return seg[3] == "attach" ? attach_volume(seg[2], req.body()) : rebuild_rate(seg[2], req.body());
+      }
       if (seg.size() == 3) {
         if (method == http::verb::get) return get_volume(seg[2]);
         if (method == http::verb::delete_) return delete_volume(seg[2], query);
@@ -721,8 +727,73 @@ class ControlApi::Impl {
     return json_reply(http::status::ok, out);
   }
 
+  // --- cluster mode: replicated volumes (replication::ClusterVolumes) ---
+
+  // The answer for a replicated volume: this node's copy where it has one, and the
+  // cluster section.
+  cairn::v1::Volume cluster_proto(cairn::v1::ClusterVolume cv) {
+    cairn::v1::Volume out;
+    auto local = store_.get_volume(cv.name());
+    if (local) out = to_proto(local.value());
+    out.set_name(cv.name());
+    out.set_size_bytes(cv.size_bytes());
+    out.set_nbd_export(cv.name());
+    out.set_created_unix_s(cv.created_unix_s());
+    *out.mutable_cluster() = std::move(cv);
+    return out;
+  }
+
+  replication::ClusterVolumes* cluster() const { return cluster_.load(std::memory_order_acquire); }
+  Reply cluster_not_ready() {
+    return error_reply(http::status::service_unavailable, "unavailable",
+                       "this node has not joined the cluster yet; retry");
+  }
+
+  Reply cluster_error(std::error_code ec, const std::string& why) {
+    return error_reply(ec, why.empty() ? ec.message() : why);
+  }
+
+  // Operations not built for replicated volumes yet answer so rather than acting on one copy.
+  std::optional<Reply> not_for_replicated(const std::string& name, const char* what) {
+    auto* c = cluster();
+    if (!c || !c->is_cluster_volume(name)) return std::nullopt;
+    return error_reply(http::status::bad_request, "unsupported",
+                       std::string(what) + " of a replicated volume is not supported yet");
+  }
+
+  Reply attach_volume(const std::string& name, const std::string& body) {
+    auto* c = cluster();
+    if (!c) return cluster_not_ready();
+    cairn::v1::AttachVolumeRequest req;
+    if (auto bad = parse_body(body, req)) return *bad;
+    std::string why;
+    auto v = c->attach(name, req.node(), &why);
+    if (!v) return cluster_error(v.error(), why);
+    return json_reply(http::status::ok, cluster_proto(std::move(v).value()));
+  }
+
+  Reply rebuild_rate(const std::string& name, const std::string& body) {
+    auto* c = cluster();
+    if (!c) return cluster_not_ready();
+    cairn::v1::RebuildRateRequest req;
+    if (auto bad = parse_body(body, req)) return *bad;
+    std::string why;
+    auto v = c->set_rebuild_rate(name, req.bytes_per_s(), &why);
+    if (!v) return cluster_error(v.error(), why);
+    return json_reply(http::status::ok, cluster_proto(std::move(v).value()));
+  }
+
   Reply list_volumes() {
     cairn::v1::ListVolumesResponse out;
+    if (options_.cluster_mode) {
+      auto* c = cluster();
+      if (!c) return cluster_not_ready();
+      std::string why;
+      auto vols = c->list(&why);
+      if (!vols) return cluster_error(vols.error(), why);
+      for (auto& v : vols.value()) *out.add_volumes() = cluster_proto(std::move(v));
+      return json_reply(http::status::ok, out);
+    }
     std::vector<VolumeInfo> volumes = store_.list_volumes();
     std::sort(volumes.begin(), volumes.end(),
               [](const VolumeInfo& a, const VolumeInfo& b) { return a.name < b.name; });
@@ -738,6 +809,18 @@ class ControlApi::Impl {
       return error_reply(http::status::bad_request, "invalid_argument",
                          "sizeBytes must be greater than 0");
     }
+    if (options_.cluster_mode) {
+      auto* c = cluster();
+      if (!c) return cluster_not_ready();
+      std::string why;
+      auto cv = c->create(req.name(), req.size_bytes(), req.replicas(), &why);
+      if (!cv) return cluster_error(cv.error(), why);
+      return json_reply(http::status::created, cluster_proto(std::move(cv).value()));
+    }
+    if (req.replicas() > 1) {
+      return error_reply(http::status::bad_request, "invalid_argument",
+                         "replicas > 1 needs cluster mode (blockd --node-id --cluster ...)");
+    }
     auto v = store_.create_volume(req.name(), req.size_bytes());
     if (!v) {
       return error_reply(v.error(),
@@ -749,12 +832,21 @@ class ControlApi::Impl {
   }
 
   Reply get_volume(const std::string& name) {
+    if (options_.cluster_mode) {
+      auto* c = cluster();
+      if (!c) return cluster_not_ready();
+      std::string why;
+      auto cv = c->info(name, &why);
+      if (!cv) return cluster_error(cv.error(), why);
+      return json_reply(http::status::ok, cluster_proto(std::move(cv).value()));
+    }
     auto v = store_.get_volume(name);
     if (!v) return error_reply(v.error(), "volume " + in_quotes(name) + ": " + v.error().message());
     return json_reply(http::status::ok, to_proto(v.value()));
   }
 
   Reply resize_volume(const std::string& name, const std::string& body) {
+    if (auto r = not_for_replicated(name, "resize")) return *r;
     cairn::v1::ResizeVolumeRequest req;
     if (auto bad = parse_body(body, req)) return *bad;
     if (req.size_bytes() == 0) {
@@ -786,6 +878,16 @@ class ControlApi::Impl {
       else
         return error_reply(http::status::bad_request, "invalid_argument",
                            "force must be true or false");
+    }
+    if (options_.cluster_mode) {
+      auto* c = cluster();
+      if (!c) return cluster_not_ready();
+      std::string why;
+      Status cst = c->remove(name, &why);
+      if (!cst) return cluster_error(cst.error(), why);
+      Reply r;
+      r.status = http::status::no_content;
+      return r;
     }
     auto st = store_.delete_volume(name, force);
     if (!st) {
@@ -830,7 +932,22 @@ class ControlApi::Impl {
       return error_reply(Errc::busy, "create snapshot " + in_quotes(ref) +
                                          ": the volume is still being restored (instant); retry when its hydrate job is done");
     }
-    auto s = store_.create_snapshot(volume, req.name());
+    Result<SnapshotInfo> s = Errc::unavailable;
+    bool ran_local = false;
+    auto take = [&]() -> Status {
+      ran_local = true;
+      s = store_.create_snapshot(volume, req.name());
+      if (!s) return s.error();
+      return ok();
+    };
+    if (auto* c = cluster(); c && c->is_cluster_volume(volume)) {
+      // On every in-sync replica at one point of the write stream; only the primary can.
+      std::string why;
+      Status st = c->snapshot(volume, req.name(), false, take, &why);
+      if (!st && !ran_local) return cluster_error(st.error(), why);
+    } else {
+      (void)take();
+    }
     if (!s) return engine_error(s.error(), "create snapshot " + in_quotes(ref), volume);
     CAIRN_LOG_INFO(kLog, "created snapshot %s", ref.c_str());
     return json_reply(http::status::created, to_proto(s.value()));
@@ -855,7 +972,19 @@ class ControlApi::Impl {
 
   Reply delete_snapshot(const std::string& volume, const std::string& snapshot) {
     const std::string ref = snapshot_ref(volume, snapshot);
-    auto st = store_.delete_snapshot(volume, snapshot);
+    Status st = ok();
+    if (auto* c = cluster(); c && c->is_cluster_volume(volume)) {
+      std::string why;
+      bool ran_local = false;
+      Status fanned = c->snapshot(volume, snapshot, true, [&] {
+        ran_local = true;
+        st = store_.delete_snapshot(volume, snapshot);
+        return st;
+      }, &why);
+      if (!fanned && !ran_local) return cluster_error(fanned.error(), why);
+    } else {
+      st = store_.delete_snapshot(volume, snapshot);
+    }
     if (!st) {
       if (st.error() != Errc::busy)
         return engine_error(st.error(), "delete snapshot " + in_quotes(ref), volume);
@@ -894,6 +1023,7 @@ class ControlApi::Impl {
   }
 
   Reply flatten_volume(const std::string& volume, const std::string& body) {
+    if (auto r = not_for_replicated(volume, "flatten")) return *r;
     cairn::v1::FlattenVolumeRequest req;
     if (body.find_first_not_of(" \t\r\n") != std::string::npos) {
       if (auto bad = parse_body(body, req)) return *bad;
@@ -948,6 +1078,7 @@ class ControlApi::Impl {
   const StatusFn status_fn_;
   const Options options_;
   MetricsRegistry& metrics_;
+  std::atomic<replication::ClusterVolumes*> cluster_{nullptr};  // cluster mode, once joined
 
   asio::io_context ioc_{1};
   tcp::acceptor acceptor_;
@@ -976,6 +1107,7 @@ Status ControlApi::start(const std::string& host, uint16_t port) {
   return impl_->start(host, port);
 }
 void ControlApi::stop() { impl_->stop(); }
+void ControlApi::set_cluster(replication::ClusterVolumes* cluster) { impl_->set_cluster(cluster); }
 uint16_t ControlApi::port() const { return impl_->port(); }
 
 namespace {

@@ -132,9 +132,12 @@ struct NbdServer::Impl {
 
   Impl(NbdServer& s, VolumeStore& st) : server(s), store(st) {}
 
-  Result<std::shared_ptr<Volume>> open_volume(const std::string& name) {
+  // `*why`: the client's error message when the export cannot be opened.
+  Result<std::shared_ptr<Volume>> open_volume(const std::string& name, std::string* why) {
     const auto& hook = server.options_.open_volume;
-    return hook ? hook(name) : store.open_volume(name);
+    auto v = hook ? hook(name, why) : store.open_volume(name);
+    if (!v && why->empty()) *why = "no such export: " + name;
+    return v;
   }
 
   Task<void> accept_loop(int lfd, bool tcp);
@@ -304,8 +307,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     for (uint16_t i = 0; i < n; ++i) requested.push_back(get_be16(p + 6 + name_len + 2 * i));
 
     // A volume, or "volume@snapshot" (read-only). INFO only looks; the handle is dropped.
-    auto vol = srv_.open_volume(name);
-    if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
+    std::string why;
+    auto vol = srv_.open_volume(name, &why);
+    if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, why);
     std::shared_ptr<Volume> v = std::move(vol).value();
     if (bool ok = co_await send_export_info(opt, *v, requested); !ok) co_return false;
     if (opt == kOptGo) {
@@ -356,8 +360,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
       pos += ql;
     }
     if (pos != data.size()) co_return co_await opt_reply(opt, kRepErrInvalid, "trailing bytes");
-    auto vol = srv_.open_volume(name);
-    if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, "no such export: " + name);
+    std::string why;
+    auto vol = srv_.open_volume(name, &why);
+    if (!vol) co_return co_await opt_reply(opt, kRepErrUnknown, why);
 
     const bool list = opt == kOptListMetaContext;
     std::vector<std::string> chosen;
@@ -419,9 +424,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
       switch (opt) {
         case kOptExportName: {
-          auto vol = srv_.open_volume(data);
+          std::string why;
+          auto vol = srv_.open_volume(data, &why);
           if (!vol) {
-            CAIRN_LOG_DEBUG(kLog, "EXPORT_NAME of unknown export '%s': closing", data.c_str());
+            CAIRN_LOG_DEBUG(kLog, "EXPORT_NAME '%s' refused (%s): closing", data.c_str(), why.c_str());
             co_return false;
           }
           volume_ = std::move(vol).value();

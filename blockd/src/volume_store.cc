@@ -19,6 +19,7 @@
 #include "common/assert.h"
 #include "common/fault.h"
 #include "common/log.h"
+#include "common/stripe_locks.h"
 #include "common/when_all.h"
 #include "store_impl.h"
 #include "uring_block_device.h"
@@ -52,38 +53,7 @@ const uint8_t* zero_chunk() {
   return zeros;
 }
 
-// Holds the RMW stripes of a range of extents; they are taken in ascending stripe order,
-// so two holders never wait for each other in a cycle. Released when destroyed.
-class StripeLocks {
- public:
-  using Stripes = std::array<AsyncMutex, kRmwStripes>;
-  explicit StripeLocks(Stripes& stripes) : stripes_(stripes) {}
-  StripeLocks(const StripeLocks&) = delete;
-  StripeLocks& operator=(const StripeLocks&) = delete;
-  ~StripeLocks() {
-    for (size_t i = 0; i < stripes_.size(); ++i) {
-      if (held_.test(i)) stripes_[i].unlock();
-    }
-  }
-  // Extents [first, last].
-  Task<void> lock(uint64_t first, uint64_t last) {
-    std::bitset<kRmwStripes> want;
-    if (last - first + 1 >= want.size()) {
-      want.set();
-    } else {
-      for (uint64_t e = first; e <= last; ++e) want.set(e % want.size());
-    }
-    for (size_t i = 0; i < want.size(); ++i) {
-      if (!want.test(i)) continue;
-      co_await stripes_[i].lock();
-      held_.set(i);
-    }
-  }
-
- private:
-  Stripes& stripes_;
-  std::bitset<kRmwStripes> held_;
-};
+using StripeLocks = cairn::StripeLocks<kRmwStripes>;
 
 std::string encode_be32(uint32_t v) {
   std::string s(4, '\0');
@@ -1839,4 +1809,21 @@ Result<std::unique_ptr<VolumeStore>> VolumeStore::open(const Options& options,
   return std::unique_ptr<VolumeStore>(std::move(store));
 }
 
+Result<std::shared_ptr<Volume>> open_or_create_volume(VolumeStore& store, const std::string& name,
+                                                      uint64_t size_bytes, bool* created) {
+  *created = false;
+  auto info = store.get_volume(name);
+  if (!info) {
+    if (info.error() != Errc::not_found) return info.error();
+    auto made = store.create_volume(name, size_bytes);
+    if (!made) return made.error();
+    *created = true;
+  } else if (info.value().size_bytes < size_bytes) {
+    auto grown = store.resize_volume(name, size_bytes);
+    if (!grown) return grown.error();
+  }
+  return store.open_volume(name);
+}
+
 }  // namespace cairn::blockd
+

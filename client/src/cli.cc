@@ -117,11 +117,58 @@ std::string format_volume_table(const cairn::v1::ListVolumesResponse& list) {
     rows.push_back({v.name(), format_size_bytes(v.size_bytes()),
                     format_size_bytes(v.allocated_bytes()),
                     std::to_string(v.attached_connections())});
+    if (v.has_cluster()) {
+      int in_sync = 0;
+      for (const auto& r : v.cluster().replicas()) in_sync += r.state() == "in_sync";
+      rows.back().push_back(v.cluster().primary());
+      rows.back().push_back(std::to_string(in_sync) + "/" + std::to_string(v.cluster().replicas_size()));
+    }
   }
+  if (!list.volumes().empty() && list.volumes(0).has_cluster())
+    return format_table({"NAME", "SIZE", "ALLOCATED", "ATTACHED", "PRIMARY", "IN SYNC"}, rows);
   return format_table({"NAME", "SIZE", "ALLOCATED", "ATTACHED"}, rows);
 }
 
+// Cluster mode's section of `volume info`: primary, epoch, NBD URI, one line per replica.
+std::string format_cluster_section(const cairn::v1::ClusterVolume& c) {
+  std::vector<std::pair<std::string, std::string>> fields = {
+      {"primary", c.primary() + (c.serving() ? " (serving)" : " (not serving)")},
+      {"nbd uri", or_dash(c.nbd_uri())},
+      {"epoch", std::to_string(c.epoch())},
+      {"rebuild rate", c.rebuild_rate_bytes_per_s() == 0
+                           ? std::string("unbounded")
+                           : format_size_bytes(c.rebuild_rate_bytes_per_s()) + "/s"},
+  };
+  for (const auto& r : c.replicas()) {
+    std::string state = r.state() == "in_sync" ? "in sync" : r.state();
+    if (r.state() == "resyncing" && r.resync_total_bytes() > 0) {
+      const double done = double(r.resync_done_bytes()) / double(r.resync_total_bytes());
+      char buf[160];
+      const double rate = r.resync_bytes_per_s();
+      const double eta = rate > 0 ? double(r.resync_total_bytes() - std::min(r.resync_total_bytes(), r.resync_done_bytes())) / rate : 0;
+      snprintf(buf, sizeof(buf), " %.0f%% (%s of %s, %s/s, ETA %.0f s)", done * 100,
+               format_size_bytes(r.resync_done_bytes()).c_str(),
+               format_size_bytes(r.resync_total_bytes()).c_str(),
+               format_size_bytes(static_cast<uint64_t>(rate)).c_str(), eta);
+      state += buf;
+    } else if (r.state() == "in_sync" && r.resync_done_bytes() > 0) {
+      state += " (last resync copied " + format_size_bytes(r.resync_done_bytes()) + ")";
+    }
+    fields.push_back({"replica " + r.node(), state});
+  }
+  return format_fields(fields);
+}
+
 std::string format_volume_info(const cairn::v1::Volume& v) {
+  if (v.has_cluster()) {
+    return format_fields({
+               {"name", v.name()},
+               {"size", bytes_with_exact(v.size_bytes())},
+               {"created", format_unix_time(v.created_unix_s())},
+               {"nbd export", or_dash(v.nbd_export())},
+           }) +
+           format_cluster_section(v.cluster());
+  }
   return format_fields({
       {"name", v.name()},
       {"id", std::to_string(v.id())},
@@ -260,6 +307,9 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   auto* create = volume->add_subcommand("create", "create a thin volume");
   create->add_option("NAME", name, "volume name")->required();
   create->add_option("--size", size_text, "size, e.g. 10G")->required()->check(kSizeValidator);
+  uint32_t replicas = 0;
+  create->add_option("--replicas", replicas,
+                     "cluster mode: copies on distinct nodes (default 3)")->check(CLI::Range(1, 16));
   auto* list = volume->add_subcommand("list", "list volumes");
   auto* info = volume->add_subcommand("info", "show one volume");
   info->add_option("NAME", name, "volume name")->required();
@@ -276,6 +326,17 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   auto* flatten =
       volume->add_subcommand("flatten", "copy what a clone shares with its parent, then detach");
   flatten->add_option("NAME", name, "volume name")->required();
+  std::string attach_node;
+  auto* attach = volume->add_subcommand(
+      "attach", "cluster mode: make a node the volume's primary (serves NBD; bumps the epoch)");
+  attach->add_option("NAME", name, "volume name")->required();
+  attach->add_option("--node", attach_node, "node id (default: the node of --api)");
+  std::string rate_text;
+  auto* rebuild_rate = volume->add_subcommand(
+      "rebuild-rate", "cluster mode: bound the volume's resync/rebuild bandwidth");
+  rebuild_rate->add_option("NAME", name, "volume name")->required();
+  rebuild_rate->add_option("RATE", rate_text, "bytes per second, e.g. 100M (0 = unbounded)")
+      ->required()->check(kSizeValidator);
 
   auto* snapshot = app.add_subcommand("snapshot", "create, list, delete, diff snapshots");
   snapshot->require_subcommand(1);
@@ -364,7 +425,9 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   };
   uint64_t size_bytes = size_text.empty() ? 0 : parse_size_bytes(size_text).value_or(0);
 
-  if (*create) return show_volume(client.create_volume(name, size_bytes));
+  if (*create) return show_volume(client.create_volume(name, size_bytes, replicas));
+  if (*attach) return show_volume(client.attach_volume(name, attach_node));
+  if (*rebuild_rate) return show_volume(client.set_rebuild_rate(name, parse_size_bytes(rate_text).value_or(0)));
   if (*info) return show_volume(client.get_volume(name));
   if (*resize) return show_volume(client.resize_volume(name, size_bytes));
   if (*list) {

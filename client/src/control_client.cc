@@ -289,11 +289,28 @@ std::string snapshots_path(const std::string& volume) {
 }  // namespace
 
 ClientResult<cairn::v1::Volume> ControlClient::create_volume(const std::string& name,
-                                                             uint64_t size_bytes) {
+                                                             uint64_t size_bytes, uint32_t replicas) {
   cairn::v1::CreateVolumeRequest req;
   req.set_name(name);
   req.set_size_bytes(size_bytes);
+  req.set_replicas(replicas);
   return decode<cairn::v1::Volume>(raw("POST", "/v1/volumes", to_json(req)), 201);
+}
+
+ClientResult<cairn::v1::Volume> ControlClient::attach_volume(const std::string& name,
+                                                             const std::string& node) {
+  cairn::v1::AttachVolumeRequest req;
+  req.set_node(node);
+  return decode<cairn::v1::Volume>(
+      raw("POST", "/v1/volumes/" + encode_segment(name) + "/attach", to_json(req)), 200);
+}
+
+ClientResult<cairn::v1::Volume> ControlClient::set_rebuild_rate(const std::string& name,
+                                                                uint64_t bytes_per_s) {
+  cairn::v1::RebuildRateRequest req;
+  req.set_bytes_per_s(bytes_per_s);
+  return decode<cairn::v1::Volume>(
+      raw("POST", "/v1/volumes/" + encode_segment(name) + "/rebuild-rate", to_json(req)), 200);
 }
 
 ClientResult<cairn::v1::ListVolumesResponse> ControlClient::list_volumes() {

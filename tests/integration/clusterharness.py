@@ -14,7 +14,9 @@ import contextlib
 import json as jsonlib
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -124,16 +126,20 @@ class Etcd(harness.DaemonProcess, harness.Server):
                 for kv in self.range(NODES_PREFIX)}
 
 
-def cluster_args(node_id, etcd, replication_listen="127.0.0.1:0"):
-    return ["--node-id", node_id, "--cluster", etcd.endpoint,
+def cluster_args(node_id, etcd, replication_listen="127.0.0.1:0", etcd_endpoint=None):
+    return ["--node-id", node_id, "--cluster", etcd_endpoint or etcd.endpoint,
             "--replication-listen", replication_listen]
 
 
 class ClusterNode(harness.Blockd):
-    """A blockd in cluster mode, on ephemeral 127.0.0.1 ports like harness.Blockd."""
+    """A blockd in cluster mode, on ephemeral 127.0.0.1 ports like harness.Blockd.
+    `etcd_endpoint` replaces etcd's own (e.g. a TcpProxy's), `extra_args` adds flags."""
 
-    def __init__(self, node_id, etcd, label=None, **kw):
-        super().__init__(label=label or node_id, args=cluster_args(node_id, etcd), **kw)
+    def __init__(self, node_id, etcd, label=None, etcd_endpoint=None, extra_args=(),
+                 replication_listen="127.0.0.1:0", **kw):
+        super().__init__(label=label or node_id,
+                         args=cluster_args(node_id, etcd, replication_listen, etcd_endpoint)
+                         + list(extra_args), **kw)
         self.node_id = node_id
 
     def start(self, env=None):
@@ -147,3 +153,100 @@ class ClusterNode(harness.Blockd):
 
     def nbd_endpoint(self):
         return f"{self.nbd_host}:{self.nbd_port}"
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of `target` ("host:port"), for link faults.
+
+    Modes: "pass" forwards; "delay" forwards each chunk after `delay_s`; "blackhole" keeps
+    connections open and silently drops what they carry (a hung peer); "refuse" closes new
+    connections at once. cut() closes every open connection (both ends). Threads: one
+    acceptor, two pumps per connection; stop() closes everything and joins them."""
+
+    def __init__(self, target, label="proxy"):
+        self.label = label
+        self.target = target
+        self.mode = "pass"
+        self.delay_s = 0.0
+        self._lock = threading.Lock()
+        self._conns = []
+        self._threads = []
+        self._stopping = False
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        t = threading.Thread(target=self._accept_loop, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def set_mode(self, mode, delay_s=0.0):
+        assert mode in ("pass", "delay", "blackhole", "refuse")
+        log(f"[{self.label}] mode {mode}" + (f" ({delay_s} s)" if mode == "delay" else ""))
+        self.delay_s = delay_s
+        self.mode = mode
+
+    def cut(self):
+        with self._lock:
+            conns, self._conns = self._conns, []
+        log(f"[{self.label}] cutting {len(conns)} connection(s)")
+        for a, b in conns:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def stop(self):
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self.cut()
+        for t in self._threads:
+            t.join(10)
+
+    def _accept_loop(self):
+        while not self._stopping:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.mode == "refuse":
+                client.close()
+                continue
+            host, port = self.target.rsplit(":", 1)
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.append((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _pump(self, src, dst):
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            mode = self.mode
+            if mode == "blackhole":
+                continue
+            if mode == "delay":
+                time.sleep(self.delay_s)
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)

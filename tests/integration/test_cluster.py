@@ -10,8 +10,10 @@ is down and register again when it is back. Single-node mode answers the local n
 Waits are on states, bounded; no test asserts how long anything took.
 """
 
+import errno
 import shutil
 import socket
+import struct
 import unittest
 
 import harness
@@ -116,10 +118,19 @@ class ClusterTest(unittest.TestCase):
             self.assertEqual(record["replication"], n.replication)
             self.assertNotIn("state", {k for k, v in record.items() if v})  # reader-side only
         self.assertEqual(len(leases), 3, "nodes share a lease")
-        # The replication placeholder accepts and closes.
+        # The replication port speaks the link protocol: a request with a bad magic gets
+        # EINVAL and the connection is closed.
         host, port = self.nodes[0].replication.rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=10) as s:
             s.settimeout(10)
+            s.sendall(b"\0" * 40)
+            reply = b""
+            while len(reply) < 24:
+                chunk = s.recv(24 - len(reply))
+                self.assertTrue(chunk, "closed without a reply")
+                reply += chunk
+            magic, error, _handle, _value = struct.unpack(">IIQQ", reply)
+            self.assertEqual((magic, error), (0x43524C52, errno.EINVAL))
             self.assertEqual(s.recv(1), b"")
         # The human table.
         p = self.nodes[1].cairn("node", "list", json=False)
@@ -132,7 +143,10 @@ class ClusterTest(unittest.TestCase):
 
     def test_02_a_node_publishes_its_volume_count_and_usage(self):
         n2 = self.node("node2")
-        n2.create_volume("vol-on-node2", 1 * GiB)
+        status, body = n2.http("POST", "/v1/volumes",
+                               {"name": "vol-on-node2", "sizeBytes": 1 * GiB, "replicas": 1})
+        self.assertEqual(status, 201, body)
+        self.assertEqual(body["cluster"]["primary"], "node2")
         status = n2.cairn("status")
         self.assertEqual(int(status["volumes"]), 1)
         # Republished within the refresh period; every node sees it.
@@ -184,9 +198,12 @@ class ClusterTest(unittest.TestCase):
         self.assertIn('node id "node1" is already registered by a live node', p.stderr)
         self.assertIn(n1.api, p.stderr)  # names the holder
         self.assertNotIn("blockd ready", p.stderr)
-        # The live node1 is untouched.
+        # The live node1 is untouched (its usage may have been republished meanwhile).
         self.assertTrue(n1.alive())
-        self.assertEqual(self.etcd.registered_nodes()["node1"], before)
+        after = self.etcd.registered_nodes()["node1"]
+        identity = ("id", "nbd", "api", "replication", "startedUnixS")
+        self.assertEqual(after[1], before[1], "node1's lease changed")
+        self.assertEqual({k: after[0][k] for k in identity}, {k: before[0][k] for k in identity})
         self.assert_all_up()
 
     def test_06_a_node_stopped_cleanly_leaves_at_once(self):
@@ -239,11 +256,20 @@ class ClusterTest(unittest.TestCase):
 
     def test_09_nodes_keep_serving_while_etcd_is_down_and_register_again(self):
         n1 = self.node("node1")
-        n1.create_volume("survivor", 1 * GiB)
+        status, body = n1.http("POST", "/v1/volumes",
+                               {"name": "survivor", "sizeBytes": 1 * GiB, "replicas": 1})
+        self.assertEqual(status, 201, body)
+        h = harness.nbd_connect(n1.tcp_uri("survivor"))
+        try:
+            h.pwrite(b"s" * 4096, 0)
+            h.flush()
+        finally:
+            harness.nbd_close(h)
         self.etcd.stop()
-        # Volumes are still served; the node list says etcd does not answer.
-        vols = n1.cairn("volume", "list")
-        self.assertEqual([v["name"] for v in vols["volumes"]], ["survivor"])
+        # Cluster state cannot be read: clear errors naming etcd.
+        p = n1.cairn("volume", "list", json=False, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("etcd", p.stderr + p.stdout)
         p = n1.cairn("node", "list", json=False, check=False)
         self.assertEqual(p.returncode, 1)
         self.assertIn("etcd", p.stderr)
@@ -260,6 +286,10 @@ class ClusterTest(unittest.TestCase):
         self.assert_all_up()
         for n in self.nodes:
             self.assertTrue(n.alive())
+        # Served again once the node holds a lease; the data is intact.
+        wait_for(lambda: n1.http("GET", "/v1/volumes/survivor")[1]["cluster"].get("serving"),
+                 STATE_WAIT_S, "survivor to be served again")
+        self.assertEqual(harness.nbd_read_all(n1.tcp_uri("survivor"), 4096), b"s" * 4096)
         n1.cairn("volume", "delete", "survivor", json=False)
 
 

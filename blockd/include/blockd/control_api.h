@@ -27,6 +27,10 @@
 #include "common/metrics.h"
 #include "common/result.h"
 
+namespace cairn::replication {
+class ClusterVolumes;
+}
+
 namespace cairn::blockd {
 
 class ControlApi {
@@ -47,6 +51,10 @@ class ControlApi {
     // error is answered as such, e.g. unavailable when etcd does not answer). Null in
     // single-node mode: the API answers the local node alone, with id "local".
     std::function<Result<std::vector<cairn::v1::ClusterNode>>()> nodes;
+    // Cluster mode: volumes are replicated volumes (create with replicas, attach,
+    // rebuild-rate, info with the cluster section), served by the ClusterVolumes given to
+    // set_cluster(); until then volume requests answer 503 unavailable.
+    bool cluster_mode = false;
   };
 
   // An empty admin_token refuses every authenticated request.
@@ -64,6 +72,9 @@ class ControlApi {
   void stop();
   // The bound port once start() succeeded, else 0.
   uint16_t port() const;
+  // Cluster mode: the node's replicated volumes, once it joined (must outlive the API, or
+  // be unset with nullptr first). Any thread.
+  void set_cluster(replication::ClusterVolumes* cluster);
 
  private:
   class Impl;

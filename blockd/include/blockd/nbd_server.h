@@ -34,8 +34,11 @@ class NbdServer {
     unsigned connections_max = 1024;
     // Opens an export by name; default VolumeStore::open_volume. blockd passes
     // BackupService::open_volume so that a volume under instant restore is served through
-    // its hydrating wrapper.
-    std::function<Result<std::shared_ptr<Volume>>(const std::string&)> open_volume;
+    // its hydrating wrapper, and in cluster mode ClusterVolumes::open for replicated
+    // volumes. On failure the hook may set `*why`, the message the client gets (e.g. the
+    // node that serves the volume); default "no such export: NAME".
+    std::function<Result<std::shared_ptr<Volume>>(const std::string& name, std::string* why)>
+        open_volume;
   };
 
   NbdServer(VolumeStore& store, Options options);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "blockd/block_device.h"
+#include "common/volume.h"
 #include "common/result.h"
 #include "common/task.h"
 
@@ -44,11 +45,6 @@ struct VolumeInfo {
   std::string parent;            // "volume@snapshot" for a clone not yet flattened
 };
 
-// One run of a BLOCK_STATUS answer (NBD base:allocation semantics).
-struct AllocationRun {
-  uint64_t length_bytes = 0;
-  bool allocated = false;  // false: a hole that reads as zeros
-};
 
 // A point-in-time, read-only image of a volume (issue: snapshots, clones, changed-block
 // tracking; design in docs/FORMAT-blockd.md, "Snapshots").
@@ -80,44 +76,9 @@ struct StoreStats {
 
 class VolumeStore;
 
-// A handle on one open volume, shared by the NBD connections that export it. Thread-safe.
-// Offsets and lengths are validated by the caller (protocol layer) against size_bytes();
-// the engine still checks bounds and returns out_of_range rather than trusting them.
-// Buffers passed to read/write need no particular alignment; aligned ones (4096) are faster.
-class Volume {
- public:
-  virtual ~Volume() = default;
-  virtual const std::string& name() const = 0;
-  virtual uint64_t size_bytes() const = 0;
-  // False once the volume was deleted (forced): I/O then fails with not_found.
-  virtual bool alive() const = 0;
-
-  virtual Task<Status> read(uint64_t offset, uint64_t length, void* buf) = 0;
-  virtual Task<Status> write(uint64_t offset, uint64_t length, const void* buf, bool fua) = 0;
-  // Releases whole blocks inside the range (space returns to the store); partial blocks at
-  // the edges are zeroed. Reads of the range return zeros afterwards.
-  virtual Task<Status> trim(uint64_t offset, uint64_t length, bool fua) = 0;
-  // Makes the range read as zeros. may_release=false (NBD NO_HOLE) keeps it allocated.
-  virtual Task<Status> write_zeroes(uint64_t offset, uint64_t length, bool may_release,
-                                    bool fua) = 0;
-  // Durable: every write completed before flush() began (any connection, any volume).
-  virtual Task<Status> flush() = 0;
-  // Allocation map of [offset, offset+length), runs merged, at most max_runs runs.
-  virtual Result<std::vector<AllocationRun>> allocation(uint64_t offset, uint64_t length,
-                                                        size_t max_runs) = 0;
-  // Snapshot exports (`volume@snapshot`) are read-only: writes fail with permission_denied.
-  virtual bool read_only() const { return false; }
-  // Runs of [offset, offset+length) changed since snapshot `since` of the same volume
-  // (allocated=true: changed), for the NBD context qemu:dirty-bitmap:<since>. For a
-  // snapshot export, "changed" means between `since` and this snapshot.
-  virtual Result<std::vector<AllocationRun>> changed_since(const std::string& since,
-                                                           uint64_t offset, uint64_t length,
-                                                           size_t max_runs) {
-    return Errc::unsupported;
-  }
-  // Names of the snapshots a dirty-bitmap context can be asked for (older than this point).
-  virtual std::vector<std::string> dirty_bitmap_sources() { return {}; }
-};
+// The volume handle and allocation runs are common/volume.h (replication/ wraps them too).
+using cairn::AllocationRun;
+using cairn::Volume;
 
 class VolumeStore {
  public:
@@ -178,5 +139,10 @@ class VolumeStore {
   virtual Task<Status> flush() = 0;
   virtual StoreStats stats() = 0;
 };
+
+// Opens `name`, creating it with `size_bytes` when absent (*created = true) and growing it
+// when smaller: a replica's or a replicated volume's primary's copy (cluster mode).
+Result<std::shared_ptr<Volume>> open_or_create_volume(VolumeStore& store, const std::string& name,
+                                                      uint64_t size_bytes, bool* created);
 
 }  // namespace cairn::blockd

@@ -59,7 +59,13 @@ class ControlClient {
   ControlClient(const ControlClient&) = delete;
   ControlClient& operator=(const ControlClient&) = delete;
 
-  ClientResult<cairn::v1::Volume> create_volume(const std::string& name, uint64_t size_bytes);
+  // replicas: cluster mode's copies on distinct nodes (0 = the server's default).
+  ClientResult<cairn::v1::Volume> create_volume(const std::string& name, uint64_t size_bytes,
+                                                uint32_t replicas = 0);
+  // Cluster mode: makes `node` (empty: the node asked) the volume's primary.
+  ClientResult<cairn::v1::Volume> attach_volume(const std::string& name, const std::string& node);
+  // Cluster mode: bounds the volume's resync/rebuild bandwidth (0 = unbounded).
+  ClientResult<cairn::v1::Volume> set_rebuild_rate(const std::string& name, uint64_t bytes_per_s);
   ClientResult<cairn::v1::ListVolumesResponse> list_volumes();
   ClientResult<cairn::v1::Volume> get_volume(const std::string& name);
   ClientResult<cairn::v1::Volume> resize_volume(const std::string& name, uint64_t size_bytes);
