@@ -1,5 +1,6 @@
 #include "replication/cluster_volumes.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
 #include <map>
@@ -47,7 +48,10 @@ class ClusterVolumes::Impl {
   Result<std::shared_ptr<Volume>> open(const std::string& name, std::string* why) {
     std::lock_guard lock(mu_);
     auto it = active_.find(name);
-    if (it != active_.end() && !it->second.vol->fenced()) return std::shared_ptr<Volume>(it->second.vol);
+    if (it != active_.end() && !it->second.vol->fenced()) {
+      auto a = std::make_shared<Attachment>(it->second.vol, it->second.clients);
+      return std::shared_ptr<Volume>(a, a->vol.get());
+    }
     auto k = known_.find(name);
     if (k == known_.end()) {
       if (why) *why = "no such volume: " + name;
@@ -144,7 +148,7 @@ class ClusterVolumes::Impl {
       {
         std::lock_guard lock(mu_);
         auto it = active_.find(name);
-        if (it != active_.end() && it->second.vol.use_count() > 1)
+        if (it != active_.end() && it->second.clients->load() > 0)
           return fail(Errc::busy, "volume " + name + " has NBD clients attached", why);
       }
       Status st = registry_.remove(vv.value());
@@ -205,6 +209,17 @@ class ClusterVolumes::Impl {
   struct Active {
     std::shared_ptr<ReplicatedVolume> vol;
     uint64_t epoch = 0;
+    std::shared_ptr<std::atomic<int>> clients = std::make_shared<std::atomic<int>>(0);
+  };
+  // An NBD client's hold on a volume: keeps it alive and counts as attached meanwhile.
+  struct Attachment {
+    Attachment(std::shared_ptr<ReplicatedVolume> v, std::shared_ptr<std::atomic<int>> c)
+        : vol(std::move(v)), clients(std::move(c)) {
+      clients->fetch_add(1);
+    }
+    ~Attachment() { clients->fetch_sub(1); }
+    std::shared_ptr<ReplicatedVolume> vol;
+    std::shared_ptr<std::atomic<int>> clients;
   };
 
   static std::error_code fail(std::error_code ec, const std::string& message, std::string* why) {
@@ -232,10 +247,6 @@ class ClusterVolumes::Impl {
       r->set_resync_total_bytes(p.resync_total_bytes);
       r->set_resync_done_bytes(p.resync_done_bytes);
       r->set_resync_bytes_per_s(p.resync_bytes_per_s);
-      if (p.state == kInSync) {
-        auto c = last_copied_.find(v.name() + "@" + p.node);
-        if (c != last_copied_.end()) r->set_resync_done_bytes(c->second);
-      }
     }
   }
 
@@ -479,7 +490,7 @@ class ClusterVolumes::Impl {
                                                   std::move(hooks));
     {
       std::lock_guard lock(mu_);
-      active_[name] = Active{vol, epoch};
+      active_[name] = Active{vol, epoch, std::make_shared<std::atomic<int>>(0)};
     }
     cv_.notify_all();
     CAIRN_LOG_INFO(kLog, "volume %s: serving as primary (epoch %llu)", name.c_str(),
@@ -561,7 +572,6 @@ class ClusterVolumes::Impl {
     {
       std::lock_guard lock(mu_);
       resyncing_.erase(name + "@" + node);
-      last_copied_[name + "@" + node] = copied;
     }
     cv_.notify_all();
     co_return st;
@@ -580,7 +590,6 @@ class ClusterVolumes::Impl {
   std::map<std::string, std::string> node_api_;      // live nodes' control API URLs
   std::map<std::string, uint64_t> rates_;            // rebuild rate per volume
   std::set<std::string> resyncing_;                  // "volume@node"
-  std::map<std::string, uint64_t> last_copied_;      // "volume@node" -> bytes of the last resync
   std::thread agent_;
 };
 

@@ -16,6 +16,7 @@ namespace {
 constexpr const char* kLog = "replication";
 constexpr uint64_t kExtent = DirtyMap::kExtentBytes;
 constexpr uint64_t kCopyExtentsMax = 16;  // one copy request: at most 1 MiB
+constexpr size_t kCopyPipeline = 8;       // copy requests in flight per resync
 using Clock = std::chrono::steady_clock;
 
 struct AlignedBuffer {
@@ -416,7 +417,19 @@ Status ReplicatedVolume::attach_link(const std::string& node, std::shared_ptr<Re
     if (!peer || peer->state != kOut || !peer->dirty) return Errc::invalid_argument;
   }
   if (emptied) {
-    CAIRN_TRY(peer->dirty->mark_all());
+    // A new copy reads as zeros everywhere: only what holds data here needs copying.
+    const uint64_t size = size_bytes();
+    for (uint64_t pos = 0; pos < size;) {
+      CAIRN_TRY(runs, local_->allocation(pos, size - pos, 1024));
+      if (runs.empty()) return Errc::io_error;
+      for (const auto& run : runs) {
+        const uint64_t n = std::min(run.length_bytes, size - pos);
+        if (run.allocated) {
+          CAIRN_TRY(peer->dirty->mark(pos, n));
+        }
+        pos += n;
+      }
+    }
   }
   std::lock_guard lock(mu_);
   peer->link = std::move(link);
@@ -489,14 +502,21 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
   uint64_t pass_copied = 0;
   Status st = ok();
   for (;;) {
+    // Up to kCopyPipeline runs of dirty extents are copied at once: distinct extents, each
+    // run under its own stripes (runs that share a stripe simply take turns).
     for (auto e = peer->dirty->next(0); e;) {
       if (!serving()) co_return Errc::io_error;
-      uint64_t count = 1;
-      while (count < kCopyExtentsMax && *e + count < peer->dirty->extents() &&
-             peer->dirty->test(*e + count)) {
-        ++count;
+      std::vector<Task<Status>> batch;
+      while (e && batch.size() < kCopyPipeline) {
+        uint64_t count = 1;
+        while (count < kCopyExtentsMax && *e + count < peer->dirty->extents() &&
+               peer->dirty->test(*e + count)) {
+          ++count;
+        }
+        batch.push_back(copy_run(*peer, *e, count, &pass_copied));
+        e = peer->dirty->next(*e + count);
       }
-      st = co_await copy_run(*peer, *e, count, &pass_copied);
+      st = co_await when_all(std::move(batch));
       if (!st) break;
       if (rate_bytes_per_s > 0) {
         const auto due = started + std::chrono::nanoseconds(pass_copied * 1'000'000'000ull /
@@ -507,7 +527,6 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
               std::chrono::duration_cast<std::chrono::nanoseconds>(due - now).count());
         }
       }
-      e = peer->dirty->next(*e + count);
     }
     if (!st) break;
     // Make the copies durable, then check under a barrier (every stripe: no write in
@@ -608,9 +627,10 @@ std::vector<ReplicatedVolume::PeerStatus> ReplicatedVolume::peers() const {
     s.node = p->node;
     s.state = p->state;
     s.dirty_extents = p->dirty ? p->dirty->count() : 0;
+    // In sync: the numbers of the last resync (none: zeros).
+    s.resync_total_bytes = p->resync_total_bytes;
+    s.resync_done_bytes = p->resync_done_bytes;
     if (p->state == kResyncing) {
-      s.resync_total_bytes = p->resync_total_bytes;
-      s.resync_done_bytes = p->resync_done_bytes;
       const double secs = std::chrono::duration<double>(Clock::now() - p->resync_started).count();
       s.resync_bytes_per_s = secs > 0 ? p->resync_done_bytes / secs : 0;
     }

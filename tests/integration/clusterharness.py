@@ -250,3 +250,27 @@ class TcpProxy:
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+
+
+def copies_digests(nodes, volumes):
+    """{volume: {node id: sha256}} of every node's own copy of each volume (name -> size),
+    read independently of the cluster: the nodes are killed, then each data dir is opened
+    by a single-node blockd and read over NBD. The nodes are left stopped."""
+    import hashlib
+    for n in nodes:
+        if n.proc is not None:
+            n.kill9()
+    digests = {}
+    for n in nodes:
+        single = harness.Blockd(label=f"single-{n.node_id}")
+        os.rmdir(single.data_dir)
+        single.data_dir = n.data_dir
+        try:
+            single.start()
+            for name, size in volumes.items():
+                data = harness.nbd_read_all(single.tcp_uri(name), size)
+                digests.setdefault(name, {})[n.node_id] = hashlib.sha256(data).hexdigest()
+            single.stop()
+        finally:
+            single.cleanup()
+    return digests

@@ -24,7 +24,7 @@ import time
 import unittest
 
 import harness
-from clusterharness import ClusterNode, Etcd
+from clusterharness import ClusterNode, Etcd, copies_digests
 from harness import MiB, log, run, wait_for
 
 nbd = harness.import_nbd()
@@ -392,21 +392,7 @@ class ReplicationTest(unittest.TestCase):
         for name in self.volumes:
             self.wait_all_in_sync(name)
         # Independent check: each node's data dir opened in single-node mode.
-        for n in self.nodes:
-            n.kill9()
-        digests = {}
-        for n in self.nodes:
-            single = harness.Blockd(label=f"single-{n.node_id}")
-            shutil.rmtree(single.data_dir)
-            single.data_dir = n.data_dir
-            try:
-                single.start()
-                for name, size in self.volumes.items():
-                    data = harness.nbd_read_all(single.tcp_uri(name), size)
-                    digests.setdefault(name, {})[n.node_id] = hashlib.sha256(data).hexdigest()
-                single.stop()
-            finally:
-                single.cleanup()
+        digests = copies_digests(self.nodes, self.volumes)
         for name, by_node in digests.items():
             self.assertEqual(len(set(by_node.values())), 1, f"{name}: copies differ: {by_node}")
             log(f"{name}: 3 identical copies ({by_node['node1'][:16]})")

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Replication under link faults: etcd plus three blockd nodes on 127.0.0.1, with TCP
+proxies the test controls in front of node3's replication port and of node1's etcd.
+
+Delayed link: writes go on, node3 stays in sync. Dropped link (the proxy swallows bytes):
+after the 5 s request timeout node3 is marked out and writes go on; when the link heals it
+is resynced. Cut connections under a running writer: no write fails, node3 comes back in
+sync. Partitioned primary (node1 loses etcd): it stops serving when its lease runs out,
+another node takes over, every write node1 acknowledged before a completed FLUSH reads
+back from the new primary, nothing node1's client sends afterwards lands (no split brain),
+and after the partition heals node1 is rebuilt as a replica. At the end every copy of
+every volume is identical (read in single-node mode).
+Waits are on states, bounded; no test asserts how long anything took.
+"""
+
+import hashlib
+import threading
+import time
+import unittest
+
+import harness
+from clusterharness import ClusterNode, Etcd, TcpProxy, copies_digests
+from harness import MiB, free_port, log, run, wait_for
+
+nbd = harness.import_nbd()
+
+STATE_WAIT_S = 120
+BLOCK = 4096
+
+
+def pattern(tag, size=BLOCK):
+    return hashlib.sha256(tag.encode()).digest() * (size // 32)
+
+
+class ReplicationFaultsTest(unittest.TestCase):
+    etcd = None
+    nodes = []
+    proxies = []
+    volumes = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.etcd = Etcd()
+        try:
+            cls.etcd.start()
+            cls.etcd_proxy = TcpProxy(cls.etcd.endpoint[len("http://"):], "etcd-proxy-node1")
+            rep_port = free_port()
+            cls.rep_proxy = TcpProxy(f"127.0.0.1:{rep_port}", "replication-proxy-node3")
+            cls.proxies = [cls.etcd_proxy, cls.rep_proxy]
+            cls.nodes = [
+                ClusterNode("node1", cls.etcd, etcd_endpoint=f"http://{cls.etcd_proxy.address}"),
+                ClusterNode("node2", cls.etcd),
+                ClusterNode("node3", cls.etcd, replication_listen=f"127.0.0.1:{rep_port}",
+                            extra_args=["--replication-advertise", cls.rep_proxy.address]),
+            ]
+            for n in cls.nodes:
+                n.start()
+        except BaseException:
+            cls._teardown(failed=True)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._teardown(failed=False)
+
+    @classmethod
+    def _teardown(cls, failed):
+        try:
+            for n in cls.nodes:
+                try:
+                    n.failed = n.failed or failed
+                    if n.proc is not None:
+                        n.stop(check=False)
+                finally:
+                    n.cleanup()
+        finally:
+            for p in cls.proxies:
+                p.stop()
+            if cls.etcd is not None:
+                cls.etcd.failed = cls.etcd.failed or failed
+                cls.etcd.stop()
+                cls.etcd.cleanup()
+
+    def tearDown(self):
+        outcome = getattr(self, "_outcome", None)
+        result = getattr(outcome, "result", None)
+        failed = result is not None and any(t is self for t, _ in result.errors + result.failures)
+        if failed or (outcome is not None and not getattr(outcome, "success", True)):
+            for s in [self.etcd, *self.nodes]:
+                s.failed = True
+                s.print_log_tail(60)
+
+    # ---- helpers
+    def node(self, node_id):
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def create(self, name, size, via):
+        out = via.cairn("volume", "create", name, "--size", str(size), "--replicas", "3")
+        self.volumes[name] = size
+        self.assertEqual(out["cluster"]["primary"], via.node_id)
+        return out["cluster"]
+
+    def info(self, name, via=None):
+        for n in ([via] if via else [self.node("node2"), self.node("node3"), self.node("node1")]):
+            try:
+                status, body = n.http("GET", f"/v1/volumes/{name}", timeout=10)
+            except OSError:
+                continue
+            if status == 200:
+                return body["cluster"]
+        return None
+
+    def states(self, name):
+        c = self.info(name)
+        return {r["node"]: r["state"] for r in c["replicas"]} if c else {}
+
+    def wait_state(self, name, node_id, state):
+        wait_for(lambda: self.states(name).get(node_id) == state, STATE_WAIT_S,
+                 f"{name}: replica {node_id} to be {state}", interval_s=0.2)
+
+    def write_blocks(self, h, tag, first, count, flush=True):
+        for i in range(count):
+            h.pwrite(pattern(f"{tag}{i}"), (first + i) * BLOCK)
+        if flush:
+            h.flush()
+
+    def check_blocks(self, h, tag, first, count):
+        for i in range(count):
+            self.assertEqual(h.pread(BLOCK, (first + i) * BLOCK), pattern(f"{tag}{i}"),
+                             f"block {first + i} ({tag}{i})")
+
+    # ---- tests (in name order)
+    def test_1_a_delayed_link_slows_writes_but_loses_nothing(self):
+        self.create("vdelay", 32 * MiB, self.node("node1"))
+        h = harness.nbd_connect(self.node("node1").tcp_uri("vdelay"))
+        try:
+            self.rep_proxy.set_mode("delay", 0.02)
+            self.write_blocks(h, "d", 0, 100)
+            self.assertEqual(self.states("vdelay")["node3"], "in_sync")
+            self.rep_proxy.set_mode("pass")
+            self.check_blocks(h, "d", 0, 100)
+        finally:
+            self.rep_proxy.set_mode("pass")
+            harness.nbd_close(h)
+
+    def test_2_a_dropped_link_marks_the_replica_out_then_it_is_resynced(self):
+        self.create("vdrop", 32 * MiB, self.node("node1"))
+        h = harness.nbd_connect(self.node("node1").tcp_uri("vdrop"))
+        try:
+            self.write_blocks(h, "before", 0, 50)
+            self.rep_proxy.set_mode("blackhole")
+            # The first write waits for the request timeout, then node3 is out.
+            self.write_blocks(h, "during", 100, 50)
+            self.assertEqual(self.states("vdrop")["node3"], "out")
+            self.rep_proxy.set_mode("pass")
+            self.rep_proxy.cut()
+            self.wait_state("vdrop", "node3", "in_sync")
+            self.write_blocks(h, "after", 200, 20)
+            self.check_blocks(h, "before", 0, 50)
+            self.check_blocks(h, "during", 100, 50)
+        finally:
+            self.rep_proxy.set_mode("pass")
+            harness.nbd_close(h)
+
+    def test_3_cut_connections_under_a_writer_fail_no_write(self):
+        self.create("vcut", 32 * MiB, self.node("node1"))
+        h = harness.nbd_connect(self.node("node1").tcp_uri("vcut"))
+        stop = threading.Event()
+        errors, done = [], []
+
+        def writer():
+            i = 0
+            try:
+                while not stop.is_set():
+                    h.pwrite(pattern(f"c{i}"), (i % 2048) * BLOCK)
+                    if i % 16 == 15:
+                        h.flush()
+                    done.append(i)
+                    i += 1
+            except Exception as e:
+                errors.append(e)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            for _ in range(3):
+                wait_for(lambda: len(done) > 50, STATE_WAIT_S, "writes")
+                self.rep_proxy.cut()
+                self.wait_state("vcut", "node3", "in_sync")
+                done.clear()
+        finally:
+            stop.set()
+            t.join(60)
+        self.assertEqual(errors, [], "a write failed while links were cut")
+        h.flush()
+        harness.nbd_close(h)
+
+    def test_4_a_partitioned_primary_stops_and_another_node_takes_over(self):
+        name, size = "vpart", 32 * MiB
+        self.create(name, size, self.node("node1"))
+        old = self.node("node1")
+        h = harness.nbd_connect(old.tcp_uri(name))
+        # Per block: every value written in order, and how many of them a completed FLUSH
+        # covered. A block may read as the newest durable value or anything written later.
+        history, durable, errors = {}, {}, []
+        stop = threading.Event()
+
+        def writer():  # blocks 0..1023; region 2048.. is the new primary's
+            i = 0
+            try:
+                while not stop.is_set():
+                    off = (i % 1024) * BLOCK
+                    data = pattern(f"p{i}")
+                    h.pwrite(data, off)
+                    history.setdefault(off, []).append(data)
+                    if i % 8 == 7:
+                        written = {k: len(v) for k, v in history.items()}
+                        h.flush()
+                        durable.update(written)
+                    i += 1
+            except Exception as e:
+                errors.append(e)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        wait_for(lambda: len(durable) >= 100, STATE_WAIT_S, "writes before the partition")
+        self.etcd_proxy.set_mode("blackhole")
+        partitioned_at = time.monotonic()
+        try:
+            self.partitioned(name, old, h, t, stop, errors, history, durable, partitioned_at)
+        finally:
+            self.etcd_proxy.set_mode("pass")
+            self.etcd_proxy.cut()
+        # Healed: node1 registers again and is rebuilt as a replica.
+        self.wait_state(name, "node1", "in_sync")
+        self.assertNotEqual(self.info(name)["primary"], "node1")
+
+    def partitioned(self, name, old, h, t, stop, errors, history, durable, partitioned_at):
+
+        def taken_over():
+            c = self.info(name, self.node("node2"))
+            return c if c and c["primary"] != "node1" else None
+        c = wait_for(taken_over, STATE_WAIT_S, "another node to take over", interval_s=0.1)
+        new = self.node(c["primary"])
+        wait_for(lambda: (self.info(name, new) or {}).get("serving"), STATE_WAIT_S,
+                 "the new primary to serve")
+        log(f"partition: {new.node_id} serves {name} (epoch {c['epoch']}) "
+            f"{time.monotonic() - partitioned_at:.2f} s after node1 lost etcd")
+        t.join(60)
+        stop.set()
+        self.assertFalse(t.is_alive(), "node1's client still writes after the takeover")
+        self.assertTrue(errors, "node1 kept acknowledging writes after losing its lease")
+        # The old primary serves nothing; whatever its client still sends does not land.
+        p = run(["qemu-img", "info", old.tcp_uri(name)], check=False)
+        self.assertNotEqual(p.returncode, 0, "the partitioned node still serves the volume")
+        h2 = harness.nbd_connect(new.tcp_uri(name))
+        try:
+            self.write_blocks(h2, "new", 2048, 64)
+            with self.assertRaises(Exception):
+                h.pwrite(pattern("stale"), 2048 * BLOCK)
+                h.flush()
+            harness.nbd_close(h)
+            self.check_blocks(h2, "new", 2048, 64)
+            for off, n in sorted(durable.items()):
+                got = bytes(h2.pread(BLOCK, off))
+                self.assertIn(got, history[off][n - 1:], f"acknowledged write at {off} lost")
+            log(f"{len(durable)} writes node1 acknowledged read back from {new.node_id}")
+        finally:
+            harness.nbd_close(h2)
+
+    def test_9_every_copy_of_every_volume_is_identical(self):
+        for name in self.volumes:
+            wait_for(lambda: set(self.states(name).values()) == {"in_sync"}, STATE_WAIT_S,
+                     f"{name}: every replica in sync", interval_s=0.2)
+        digests = copies_digests(self.nodes, self.volumes)
+        for name, by_node in digests.items():
+            self.assertEqual(len(set(by_node.values())), 1, f"{name}: copies differ: {by_node}")
+            log(f"{name}: 3 identical copies")
+        for n in self.nodes:
+            n.start()
+
+
+if __name__ == "__main__":
+    harness.main()
