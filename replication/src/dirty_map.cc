@@ -238,6 +238,32 @@ Status DirtyMap::mark(uint64_t offset, uint64_t length) {
   return written;
 }
 
+Status DirtyMap::mark_extents(const std::vector<uint64_t>& extents) {
+  std::lock_guard lock(mu_);
+  std::vector<std::pair<uint64_t, uint64_t>> before;  // words changed, as they were
+  std::set<uint64_t> pages = unsynced_pages_;
+  for (uint64_t e : extents) {
+    if (e >= extents_) continue;
+    const uint64_t w = e / 64;
+    const uint64_t bit = uint64_t{1} << (e % 64);
+    if (bits_[w] & bit) continue;
+    before.emplace_back(w, bits_[w]);
+    bits_[w] |= bit;
+    ++count_;
+    pages.insert(w / kWordsPerPage);
+  }
+  if (before.empty()) return ok();
+  auto written = write_pages_locked(pages);
+  if (!written) {
+    // Undo in reverse so each word gets its oldest value back.
+    for (auto it = before.rbegin(); it != before.rend(); ++it) {
+      count_ -= static_cast<uint64_t>(std::popcount(bits_[it->first] & ~it->second));
+      bits_[it->first] = it->second;
+    }
+  }
+  return written;
+}
+
 Status DirtyMap::mark_all() {
   if (extents() == 0) return ok();
   return mark(0, extents() * kExtentBytes);

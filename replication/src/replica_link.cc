@@ -10,6 +10,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "common/log.h"
@@ -177,10 +179,12 @@ void ReplicaLink::fail_all() {
     broken_.store(true, std::memory_order_release);
     failed.swap(pending_);
   }
+  std::vector<Pending*> ready;
   for (auto& [handle, p] : failed) {
     p->error = EPIPE;
-    p->reactor->resume_on(p->handle);
+    ready.push_back(p);
   }
+  resume(ready);
 }
 
 bool ReplicaLink::submit(Pending* pending, link::Request& req, const void* data) {
@@ -225,10 +229,13 @@ bool ReplicaLink::Call::await_suspend(std::coroutine_handle<> h) {
 Status ReplicaLink::Call::await_resume() const { return link_status(pending.error); }
 
 void ReplicaLink::receive_loop() {
-  uint8_t raw[link::kReplyBytes];
+  // Replies are read in bulk and their waiters resumed with one post per Reactor, so a
+  // burst of replies costs one wake-up, not one per request.
+  std::vector<uint8_t> buf(64 * 1024);
   size_t have = 0;
+  std::vector<Pending*> ready;
   for (;;) {
-    ssize_t got = ::recv(fd_, raw + have, sizeof(raw) - have, 0);
+    ssize_t got = ::recv(fd_, buf.data() + have, buf.size() - have, 0);
     if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
       if (!broken()) {
         CAIRN_LOG_WARN(kLog, "volume %s: link to %s closed", options_.volume.c_str(),
@@ -237,28 +244,32 @@ void ReplicaLink::receive_loop() {
       break;
     }
     if (got > 0) have += got;
-    if (have == sizeof(raw)) {
-      have = 0;
-      link::Reply reply;
-      Pending* p = nullptr;
-      if (link::decode(raw, &reply)) {
-        std::lock_guard lock(mu_);
-        auto it = pending_.find(reply.handle);
-        if (it != pending_.end()) {
-          p = it->second;
-          pending_.erase(it);
+    size_t used = 0;
+    bool bad = false;
+    {
+      std::lock_guard lock(mu_);
+      for (; have - used >= link::kReplyBytes; used += link::kReplyBytes) {
+        link::Reply reply;
+        auto it = pending_.end();
+        if (link::decode(buf.data() + used, &reply)) it = pending_.find(reply.handle);
+        if (it == pending_.end()) {
+          bad = true;
+          break;
         }
+        it->second->error = reply.error;
+        ready.push_back(it->second);
+        pending_.erase(it);
       }
-      if (!p) {
-        CAIRN_LOG_WARN(kLog, "volume %s: bad reply from %s", options_.volume.c_str(),
-                       options_.address.c_str());
-        break;
-      }
-      p->error = reply.error;
-      p->reactor->resume_on(p->handle);
-      continue;
     }
-    // A tick without a whole reply: is the oldest request overdue?
+    resume(ready);
+    if (bad) {
+      CAIRN_LOG_WARN(kLog, "volume %s: bad reply from %s", options_.volume.c_str(),
+                     options_.address.c_str());
+      break;
+    }
+    std::memmove(buf.data(), buf.data() + used, have - used);
+    have -= used;
+    // Is the oldest request overdue?
     std::lock_guard lock(mu_);
     if (!pending_.empty() && Clock::now() - pending_.begin()->second->sent > options_.op_timeout) {
       CAIRN_LOG_WARN(kLog, "volume %s: %s did not answer within %lld ms", options_.volume.c_str(),
@@ -268,6 +279,22 @@ void ReplicaLink::receive_loop() {
   }
   ::shutdown(fd_, SHUT_RDWR);
   fail_all();
+}
+
+void ReplicaLink::resume(std::vector<Pending*>& ready) {
+  while (!ready.empty()) {
+    Reactor* r = ready.front()->reactor;
+    std::vector<std::coroutine_handle<>> handles;
+    auto keep = std::remove_if(ready.begin(), ready.end(), [&](Pending* p) {
+      if (p->reactor != r) return false;
+      handles.push_back(p->handle);
+      return true;
+    });
+    ready.erase(keep, ready.end());
+    r->post([handles = std::move(handles)] {
+      for (auto h : handles) h.resume();
+    });
+  }
 }
 
 }  // namespace cairn::replication

@@ -3,6 +3,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <future>
 #include <thread>
 
 #include "common/assert.h"
@@ -61,6 +62,13 @@ class BlockingWorker {
     Status await_resume() const { return result; }
   };
   Run run(std::function<Status()> fn) { return Run{this, std::move(fn)}; }
+  // The same from a thread that is not a Reactor: blocks until `fn` ran on the worker.
+  Status call(std::function<Status()> fn) {
+    std::promise<Status> done;
+    auto result = done.get_future();
+    post([&] { done.set_value(fn()); });
+    return result.get();
+  }
 
  private:
   void post(std::function<void()> job) {
@@ -203,7 +211,7 @@ Task<Status> ReplicatedVolume::mirror(link::Request req, const void* data, Task<
 
   std::vector<std::shared_ptr<ReplicaLink>> links;
   std::vector<std::string> nodes;
-  bool any_out = false;
+  std::vector<std::string> skipped;  // out now: they must find this write in their maps
   {
     std::lock_guard lock(mu_);
     for (auto& p : peers_) {
@@ -211,16 +219,8 @@ Task<Status> ReplicatedVolume::mirror(link::Request req, const void* data, Task<
         links.push_back(p->link);
         nodes.push_back(p->node);
       } else {
-        any_out = true;
+        skipped.push_back(p->node);
       }
-    }
-    // Remembered until every replica flushed: a replica that fails before that may have
-    // lost these writes in a crash.
-    auto& gen = unflushed_[flush_gen_];
-    if (unflushed_count_ + (last - first + 1) > kUnflushedExtentsMax) {
-      unflushed_overflow_ = true;
-    } else {
-      for (uint64_t e = first; e <= last; ++e) unflushed_count_ += gen.insert(e).second;
     }
   }
   std::vector<Status> results(links.size(), ok());
@@ -228,6 +228,7 @@ Task<Status> ReplicatedVolume::mirror(link::Request req, const void* data, Task<
   tasks.push_back(std::move(local));
   for (size_t i = 0; i < links.size(); ++i) tasks.push_back(send_to(links[i], req, data, &results[i]));
   Status local_st = co_await when_all(std::move(tasks));
+  if (req.length > 0) remember_unflushed(first, last);
 
   std::vector<std::string> failed;
   for (size_t i = 0; i < results.size(); ++i) {
@@ -240,22 +241,37 @@ Task<Status> ReplicatedVolume::mirror(link::Request req, const void* data, Task<
     }
     failed.push_back(nodes[i]);
   }
-  if (!failed.empty() || (any_out && !out_peers_cover(req.offset, req.length))) {
-    auto job = worker_->run([&] { return record_missed(failed, req.offset, req.length); });
+  if (!failed.empty() || !skipped_cover(skipped, req.offset, req.length)) {
+    auto job = worker_->run([&] { return record_missed(failed, skipped, req.offset, req.length); });
     Status st = co_await job;
     if (!st) co_return Errc::io_error;
   }
   co_return local_st;
 }
 
-bool ReplicatedVolume::out_peers_cover(uint64_t offset, uint64_t length) {
+void ReplicatedVolume::remember_unflushed(uint64_t first, uint64_t last) {
+  // Added once the write completed, to the generation current now: a FLUSH that began
+  // before does not cover it. Kept until a FLUSH every replica completed covers it, for a
+  // replica that fails meanwhile may have lost it in a crash.
+  std::lock_guard lock(mu_);
+  auto& gen = unflushed_[flush_gen_];
+  if (unflushed_count_ + (last - first + 1) > kUnflushedExtentsMax) {
+    unflushed_overflow_ = true;
+    return;
+  }
+  for (uint64_t e = first; e <= last; ++e) unflushed_count_ += gen.insert(e).second;
+}
+
+bool ReplicatedVolume::skipped_cover(const std::vector<std::string>& skipped, uint64_t offset,
+                                     uint64_t length) {
+  if (skipped.empty()) return true;
   const uint64_t first = offset / kExtent;
   const uint64_t last = (offset + std::max<uint64_t>(length, 1) - 1) / kExtent;
   if (last - first >= 64) return false;
   std::lock_guard lock(mu_);
-  for (auto& p : peers_) {
-    if (p->link && p->state != kOut) continue;
-    if (!p->out_recorded || !p->dirty) return false;
+  for (const auto& node : skipped) {
+    Peer* p = find_locked(node);
+    if (!p->dirty || (p->state == kOut && !p->out_recorded)) return false;
     if (length == 0) continue;
     for (uint64_t e = first; e <= last; ++e) {
       if (!p->dirty->test(e)) return false;
@@ -264,7 +280,16 @@ bool ReplicatedVolume::out_peers_cover(uint64_t offset, uint64_t length) {
   return true;
 }
 
-Status ReplicatedVolume::record_missed(const std::vector<std::string>& failed, uint64_t offset,
+ReplicatedVolume::Peer* ReplicatedVolume::find_locked(const std::string& node) {
+  for (auto& p : peers_) {
+    if (p->node == node) return p.get();
+  }
+  CAIRN_ASSERT(false);
+  return nullptr;
+}
+
+Status ReplicatedVolume::record_missed(const std::vector<std::string>& failed,
+                                       const std::vector<std::string>& skipped, uint64_t offset,
                                        uint64_t length) {
   std::vector<std::shared_ptr<ReplicaLink>> dropped;
   std::vector<Peer*> newly_out;
@@ -273,15 +298,14 @@ Status ReplicatedVolume::record_missed(const std::vector<std::string>& failed, u
   {
     std::lock_guard lock(mu_);
     for (const auto& node : failed) {
-      for (auto& p : peers_) {
-        if (p->node != node || p->state == kOut) continue;
-        CAIRN_LOG_WARN(kLog, "volume %s: replica %s failed: out of sync", name().c_str(), node.c_str());
-        if (p->link) dropped.push_back(std::move(p->link));
-        p->link.reset();
-        p->state = kOut;
-        p->out_recorded = false;
-        newly_out.push_back(p.get());
-      }
+      Peer* p = find_locked(node);
+      if (p->state == kOut) continue;
+      CAIRN_LOG_WARN(kLog, "volume %s: replica %s failed: out of sync", name().c_str(), node.c_str());
+      if (p->link) dropped.push_back(std::move(p->link));
+      p->link.reset();
+      p->state = kOut;
+      p->out_recorded = false;
+      newly_out.push_back(p);
     }
     if (!newly_out.empty()) {
       overflow = unflushed_overflow_;
@@ -300,31 +324,29 @@ Status ReplicatedVolume::record_missed(const std::vector<std::string>& failed, u
       std::lock_guard lock(mu_);
       p->dirty = std::move(d).value();
     }
-    Status st = overflow ? p->dirty->mark_all() : ok();
-    for (uint64_t e : unflushed) {
-      if (!st) break;
-      st = p->dirty->mark(e * kExtent, kExtent);
-    }
-    if (!st) return st;
+    CAIRN_TRY(overflow ? p->dirty->mark_all() : p->dirty->mark_extents(unflushed));
   }
-  std::vector<Peer*> out;
+  // The range goes into the map of every replica that did not get it: those out now, and
+  // those this request skipped (one may have become resyncing since; its copier then
+  // finds the bit before it can call the replica in sync).
+  std::vector<Peer*> missing;
   {
     std::lock_guard lock(mu_);
     for (auto& p : peers_) {
-      if (p->state == kOut) out.push_back(p.get());
+      const bool was_skipped = std::find(skipped.begin(), skipped.end(), p->node) != skipped.end();
+      if (p->state == kOut || was_skipped) missing.push_back(p.get());
     }
   }
-  for (Peer* p : out) {
+  for (Peer* p : missing) {
     if (length > 0) {
-      Status st = p->dirty->mark(offset, length);
-      if (!st) return st;
+      CAIRN_TRY(p->dirty->mark(offset, length));
     }
-    bool recorded;
+    bool record;
     {
       std::lock_guard lock(mu_);
-      recorded = p->out_recorded;
+      record = p->state == kOut && !p->out_recorded;
     }
-    if (recorded) continue;
+    if (!record) continue;
     Status st = hooks_.set_state(p->node, kOut);
     if (!st) {
       CAIRN_LOG_ERROR(kLog, "volume %s: cannot record replica %s out of sync: %s",
@@ -369,7 +391,7 @@ Task<Status> ReplicatedVolume::flush() {
     failed.push_back(nodes[i]);
   }
   if (!failed.empty()) {
-    auto job = worker_->run([&] { return record_missed(failed, 0, 0); });
+    auto job = worker_->run([&] { return record_missed(failed, {}, 0, 0); });
     Status st = co_await job;
     if (!st) co_return Errc::io_error;
   }
@@ -394,7 +416,8 @@ Status ReplicatedVolume::check_links() {
     }
   }
   if (broken.empty() || fenced()) return ok();
-  return record_missed(broken, 0, 0);
+  // On the worker, like every other recording: they never interleave.
+  return worker_->call([&] { return record_missed(broken, {}, 0, 0); });
 }
 
 std::vector<std::string> ReplicatedVolume::out_peers() const {
@@ -418,18 +441,20 @@ Status ReplicatedVolume::attach_link(const std::string& node, std::shared_ptr<Re
   }
   if (emptied) {
     // A new copy reads as zeros everywhere: only what holds data here needs copying.
+    std::vector<uint64_t> extents;
     const uint64_t size = size_bytes();
     for (uint64_t pos = 0; pos < size;) {
       CAIRN_TRY(runs, local_->allocation(pos, size - pos, 1024));
       if (runs.empty()) return Errc::io_error;
       for (const auto& run : runs) {
         const uint64_t n = std::min(run.length_bytes, size - pos);
-        if (run.allocated) {
-          CAIRN_TRY(peer->dirty->mark(pos, n));
+        for (uint64_t e = pos / kExtent; run.allocated && e <= (pos + n - 1) / kExtent; ++e) {
+          if (extents.empty() || extents.back() != e) extents.push_back(e);
         }
         pos += n;
       }
     }
+    CAIRN_TRY(peer->dirty->mark_extents(extents));
   }
   std::lock_guard lock(mu_);
   peer->link = std::move(link);
@@ -444,7 +469,7 @@ Status ReplicatedVolume::attach_link(const std::string& node, std::shared_ptr<Re
 }
 
 Task<Status> ReplicatedVolume::copy_run(Peer& peer, uint64_t first, uint64_t count,
-                                        uint64_t* copied) {
+                                        uint64_t* copied, std::vector<uint64_t>* done) {
   Stripes locks(stripes_);
   co_await locks.lock(first, first + count - 1);
   std::shared_ptr<ReplicaLink> link;
@@ -481,7 +506,8 @@ Task<Status> ReplicatedVolume::copy_run(Peer& peer, uint64_t first, uint64_t cou
       pos += n;
     }
   }
-  for (uint64_t e = first; e < first + count; ++e) peer.dirty->clear(e);
+  // Cleared only once the replica flushed them: a crash before may still lose them.
+  for (uint64_t e = first; e < first + count; ++e) done->push_back(e);
   *copied += length;
   std::lock_guard lock(mu_);
   peer.resync_done_bytes += length;
@@ -501,11 +527,15 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
   const auto started = Clock::now();
   uint64_t pass_copied = 0;
   Status st = ok();
+  std::vector<uint64_t> done;  // copied this pass, cleared after the replica's FLUSH
   for (;;) {
     // Up to kCopyPipeline runs of dirty extents are copied at once: distinct extents, each
     // run under its own stripes (runs that share a stripe simply take turns).
     for (auto e = peer->dirty->next(0); e;) {
-      if (!serving()) co_return Errc::io_error;
+      if (!serving()) {
+        st = Errc::io_error;
+        break;
+      }
       std::vector<Task<Status>> batch;
       while (e && batch.size() < kCopyPipeline) {
         uint64_t count = 1;
@@ -513,7 +543,7 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
                peer->dirty->test(*e + count)) {
           ++count;
         }
-        batch.push_back(copy_run(*peer, *e, count, &pass_copied));
+        batch.push_back(copy_run(*peer, *e, count, &pass_copied, &done));
         e = peer->dirty->next(*e + count);
       }
       st = co_await when_all(std::move(batch));
@@ -545,6 +575,8 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
     auto call = link->call(req);
     st = co_await call;
     if (!st) break;
+    for (uint64_t e : done) peer->dirty->clear(e);
+    done.clear();
     st = peer->dirty->sync();
     if (!st) break;
     Stripes all(stripes_);
@@ -561,21 +593,29 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
       fence();
       co_return Errc::io_error;
     }
-    auto job = worker_->run([&] { return record_missed({node}, 0, 0); });
+    auto job = worker_->run([&] { return record_missed({node}, {}, 0, 0); });
     co_await job;
     co_return st;
   }
   const double secs = std::chrono::duration<double>(Clock::now() - started).count();
   CAIRN_LOG_INFO(kLog, "volume %s: replica %s in sync again (%llu bytes copied in %.1f s)",
                  name().c_str(), node.c_str(), static_cast<unsigned long long>(pass_copied), secs);
-  auto job = worker_->run([&] {
-    Status st = hooks_.set_state(node, kInSync);
-    if (!st) return st;
+  // On the worker, after any recording of a failure that came first: a replica that failed
+  // again right after the barrier is not called in sync.
+  auto job = worker_->run([&]() -> Status {
+    {
+      std::lock_guard lock(mu_);
+      if (peer->state != kInSync) return Errc::io_error;
+    }
+    CAIRN_TRY(hooks_.set_state(node, kInSync));
     // A map left behind only makes a later primary here resync this replica again.
     if (Status rm = peer->dirty->remove(); !rm) {
       CAIRN_LOG_WARN(kLog, "volume %s: cannot remove %s: %s", name().c_str(),
                      peer->dirty->path().c_str(), rm.error().message().c_str());
     }
+    // A later failure opens a new map (and persists it again).
+    std::lock_guard lock(mu_);
+    peer->dirty.reset();
     return ok();
   });
   co_return co_await job;

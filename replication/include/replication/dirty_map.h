@@ -38,6 +38,9 @@ class DirtyMap {
   // Sets the bits of every extent overlapping [offset, offset + length) (clamped to the
   // volume); durable when it returns ok.
   Status mark(uint64_t offset, uint64_t length);
+  // Sets the bits of the listed extents (those past the end are ignored) with one write of
+  // the changed pages; durable on return.
+  Status mark_extents(const std::vector<uint64_t>& extents);
   // Sets every bit (a full rebuild); durable on return.
   Status mark_all();
   // Clears one extent's bit (durable at the next mark() or sync()).

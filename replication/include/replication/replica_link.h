@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/reactor.h"
 #include "common/result.h"
@@ -83,6 +84,8 @@ class ReplicaLink {
   bool submit(Pending* pending, link::Request& req, const void* data);
   void receive_loop();
   void fail_all();
+  // Resumes the waiters of `ready` on their Reactors, one post per Reactor; empties it.
+  static void resume(std::vector<Pending*>& ready);
 
   const Options options_;
   int fd_ = -1;

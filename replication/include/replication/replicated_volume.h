@@ -108,7 +108,8 @@ class ReplicatedVolume final : public Volume {
   // Out replicas without a link, for the owner to reconnect.
   std::vector<std::string> out_peers() const;
   // Gives an out replica its new link: it becomes resyncing (receives every new write).
-  // `emptied`: the replica's copy is new, so every extent is dirty (full rebuild).
+  // `emptied`: the replica's copy is new (reads as zeros), so every extent holding data
+  // here becomes dirty too (full rebuild).
   Status attach_link(const std::string& node, std::shared_ptr<ReplicaLink> link, bool emptied);
   // Copies the dirty extents of resyncing replica `node` (on the calling coroutine's
   // Reactor), at most `rate_bytes_per_s` (0 = unbounded), then flushes it and makes it in
@@ -132,11 +133,20 @@ class ReplicatedVolume final : public Volume {
   Task<Status> mirror(link::Request req, const void* data, Task<Status> local);
   Task<Status> send_to(std::shared_ptr<ReplicaLink> link, link::Request req, const void* data,
                        Status* out);
-  // Blocking (worker): records peers that failed or are out for [offset, offset+length).
-  Status record_missed(const std::vector<std::string>& failed, uint64_t offset, uint64_t length);
-  bool out_peers_cover(uint64_t offset, uint64_t length);
+  // Blocking, on the worker only (so recordings never interleave): replicas in `failed`
+  // become out (their maps get every unflushed extent, etcd hears it), and
+  // [offset, offset+length) goes into the map of every replica out now or in `skipped`.
+  Status record_missed(const std::vector<std::string>& failed,
+                       const std::vector<std::string>& skipped, uint64_t offset, uint64_t length);
+  // Whether every skipped replica's map already holds the range durably (no recording).
+  bool skipped_cover(const std::vector<std::string>& skipped, uint64_t offset, uint64_t length);
+  void remember_unflushed(uint64_t first, uint64_t last);
+  Peer* find_locked(const std::string& node);
   bool serving() const;
-  Task<Status> copy_run(Peer& peer, uint64_t first, uint64_t count, uint64_t* copied);
+  // Copies extents [first, first+count) to `peer` (data as WRITE, holes as TRIM); appends
+  // them to *done, to be cleared once the replica flushed.
+  Task<Status> copy_run(Peer& peer, uint64_t first, uint64_t count, uint64_t* copied,
+                        std::vector<uint64_t>* done);
 
   std::shared_ptr<Volume> local_;
   const uint64_t epoch_;
