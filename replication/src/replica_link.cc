@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <limits.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -203,21 +204,55 @@ bool ReplicaLink::submit(Pending* pending, link::Request& req, const void* data)
     pending->sent = Clock::now();
     pending_.emplace(req.handle, pending);
   }
-  uint8_t header[link::kRequestHeaderBytes];
-  link::encode(req, header);
-  iovec iov[2] = {{header, sizeof(header)}, {const_cast<void*>(data), req.data_length}};
-  bool sent;
+  pending->request_handle = req.handle;
+  link::encode(req, pending->header);
+  pending->data = data;
+  pending->data_length = req.data_length;
+  bool first;
+  {
+    std::lock_guard lock(batch_mu_);
+    auto& batch = batches_[pending->reactor];
+    first = batch.empty();
+    batch.push_back(pending);
+  }
+  if (first) pending->reactor->defer([self = shared_from_this(), r = pending->reactor] {
+    self->flush_batch(r);
+  });
+  return true;
+}
+
+void ReplicaLink::flush_batch(Reactor* reactor) {
+  std::vector<Pending*> batch;
+  {
+    std::lock_guard lock(batch_mu_);
+    batch.swap(batches_[reactor]);
+  }
+  // Only requests still waiting: one failed meanwhile may already be resumed (its frame
+  // gone). Those still registered cannot be resumed before this returns (their resumption
+  // runs on this thread), so their buffers stay valid while they are sent.
+  std::vector<iovec> iov;
+  {
+    std::lock_guard lock(mu_);
+    for (Pending* p : batch) {
+      auto it = pending_.find(p->request_handle);
+      if (it == pending_.end() || it->second != p) continue;
+      iov.push_back({p->header, sizeof(p->header)});
+      if (p->data_length > 0) iov.push_back({const_cast<void*>(p->data), p->data_length});
+    }
+  }
+  bool sent = true;
   {
     std::lock_guard lock(send_mu_);
-    sent = send_all(fd_, iov, req.data_length > 0 ? 2 : 1);
+    for (size_t at = 0; sent && at < iov.size(); at += IOV_MAX) {
+      sent = send_all(fd_, iov.data() + at, static_cast<int>(std::min<size_t>(IOV_MAX, iov.size() - at)));
+    }
   }
   if (!sent) {
-    // The receiver sees the shutdown and fails every waiter, this one included.
+    // The receiver sees the shutdown and fails every waiter.
     CAIRN_LOG_WARN(kLog, "volume %s: send to %s failed: %s", options_.volume.c_str(),
                    options_.address.c_str(), strerror(errno));
     ::shutdown(fd_, SHUT_RDWR);
   }
-  return true;
 }
 
 bool ReplicaLink::Call::await_suspend(std::coroutine_handle<> h) {

@@ -3,8 +3,9 @@
 // HELLO; call() sends one request from a coroutine on any Reactor and resumes that
 // coroutine on its own Reactor when the reply arrives. Requests are pipelined.
 //
-// Threads: sends happen on the caller's thread under a mutex (blocking socket with a send
-// timeout); one receiver thread per link reads replies and resumes the waiters. A link
+// Threads: requests are sent on the caller's Reactor thread: those submitted in one loop
+// iteration leave together in one sendmsg (Reactor::defer), under a mutex (blocking socket
+// with a send timeout); one receiver thread per link reads replies and resumes the waiters. A link
 // that fails (connection error, malformed reply, or a request unanswered for
 // op_timeout) is broken for good: every waiting and later call fails with io_error, and
 // the owner connects a new one. Bounds: at most kInflightMax requests waiting (beyond that
@@ -31,7 +32,7 @@
 
 namespace cairn::replication {
 
-class ReplicaLink {
+class ReplicaLink : public std::enable_shared_from_this<ReplicaLink> {
  public:
   static constexpr size_t kInflightMax = 1024;
 
@@ -58,6 +59,11 @@ class ReplicaLink {
     std::coroutine_handle<> handle;
     std::chrono::steady_clock::time_point sent;
     uint32_t error = 0;  // errno from the reply; EPIPE when the link broke
+    // What goes on the wire (sent from the Reactor's deferred flush).
+    uint64_t request_handle = 0;
+    uint8_t header[link::kRequestHeaderBytes];
+    const void* data = nullptr;
+    uint32_t data_length = 0;
   };
 
   // Awaitable: sends `req` (epoch and handle are filled in) with `data` (WRITE payload,
@@ -80,8 +86,11 @@ class ReplicaLink {
 
  private:
   ReplicaLink(Options options, int fd);
-  // Registers and sends; false when it failed at once (pending->error set).
+  // Registers the request and queues it for this Reactor's flush; false when it failed at
+  // once (pending->error set).
   bool submit(Pending* pending, link::Request& req, const void* data);
+  // Sends the requests `reactor` queued (on its thread, once per loop iteration).
+  void flush_batch(Reactor* reactor);
   void receive_loop();
   void fail_all();
   // Resumes the waiters of `ready` on their Reactors, one post per Reactor; empties it.
@@ -94,6 +103,8 @@ class ReplicaLink {
   std::mutex mu_;  // pending_, next_handle_
   std::map<uint64_t, Pending*> pending_;
   uint64_t next_handle_ = 1;
+  std::mutex batch_mu_;
+  std::map<Reactor*, std::vector<Pending*>> batches_;  // queued, not sent yet
   std::thread receiver_;
   std::once_flag close_once_;
 };
