@@ -200,8 +200,12 @@ class ClusterVolumes::Impl {
       if (u.error() != Errc::busy || i + 1 >= kCasAttemptsMax)
         return fail(u.error(), "cannot update " + name + ": " + u.error().message(), why);
     }
-    std::lock_guard lock(mu_);
-    rates_[name] = rate;
+    {
+      std::lock_guard lock(mu_);
+      rates_[name] = rate;
+      auto it = active_.find(name);
+      if (it != active_.end()) it->second.vol->set_rebuild_rate(rate);  // a running resync too
+    }
     return info(name, why);
   }
 
@@ -356,6 +360,8 @@ class ClusterVolumes::Impl {
       for (auto& [name, vv] : by_name) {
         known_[name] = vv.volume;
         rates_[name] = vv.volume.rebuild_rate_bytes_per_s();
+        auto a = active_.find(name);
+        if (a != active_.end()) a->second.vol->set_rebuild_rate(rates_[name]);
       }
     }
     for (auto& name : served) {

@@ -18,6 +18,7 @@ constexpr const char* kLog = "replication";
 constexpr uint64_t kExtent = DirtyMap::kExtentBytes;
 constexpr uint64_t kCopyExtentsMax = 16;  // one copy request: at most 1 MiB
 constexpr size_t kCopyPipeline = 8;       // copy requests in flight per resync
+constexpr size_t kCheckpointExtents = 256;  // 16 MiB copied: flush the replica, persist
 using Clock = std::chrono::steady_clock;
 
 struct AlignedBuffer {
@@ -514,6 +515,23 @@ Task<Status> ReplicatedVolume::copy_run(Peer& peer, uint64_t first, uint64_t cou
   co_return ok();
 }
 
+Task<Status> ReplicatedVolume::checkpoint(Peer& peer, std::vector<uint64_t>* done) {
+  std::shared_ptr<ReplicaLink> link;
+  {
+    std::lock_guard lock(mu_);
+    link = peer.link;
+  }
+  if (!link) co_return Errc::io_error;
+  link::Request req;
+  req.type = link::Type::flush;
+  auto call = link->call(req);
+  Status st = co_await call;
+  if (!st) co_return st;
+  for (uint64_t e : *done) peer.dirty->clear(e);
+  done->clear();
+  co_return peer.dirty->sync();
+}
+
 Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_bytes_per_s,
                                       uint64_t* copied) {
   Peer* peer = nullptr;
@@ -524,6 +542,7 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
     }
   }
   if (!peer) co_return Errc::invalid_argument;
+  set_rebuild_rate(rate_bytes_per_s);
   const auto started = Clock::now();
   uint64_t pass_copied = 0;
   Status st = ok();
@@ -537,6 +556,8 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
         break;
       }
       std::vector<Task<Status>> batch;
+      const auto batch_started = Clock::now();
+      const uint64_t copied_before = pass_copied;
       while (e && batch.size() < kCopyPipeline) {
         uint64_t count = 1;
         while (count < kCopyExtentsMax && *e + count < peer->dirty->extents() &&
@@ -548,36 +569,28 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
       }
       st = co_await when_all(std::move(batch));
       if (!st) break;
-      if (rate_bytes_per_s > 0) {
-        const auto due = started + std::chrono::nanoseconds(pass_copied * 1'000'000'000ull /
-                                                            rate_bytes_per_s);
-        const auto now = Clock::now();
-        if (due > now) {
-          co_await Reactor::current()->sleep_ns(
-              std::chrono::duration_cast<std::chrono::nanoseconds>(due - now).count());
-        }
+      // Progress survives a restart of either side every kCheckpointExtents.
+      if (done.size() >= kCheckpointExtents) {
+        st = co_await checkpoint(*peer, &done);
+        if (!st) break;
+      }
+      // The rate bound (read per batch: a change applies at once): the batch's bytes are
+      // due that long after it started; wait in slices, so that a fenced or stopping
+      // volume does not keep its resync waiting.
+      const uint64_t rate = rebuild_rate_.load(std::memory_order_relaxed);
+      const auto due = rate == 0 ? batch_started
+                       : batch_started + std::chrono::nanoseconds(static_cast<uint64_t>(
+                                             double(pass_copied - copied_before) * 1e9 / double(rate)));
+      for (auto now = Clock::now(); due > now && serving(); now = Clock::now()) {
+        const auto slice = std::min<Clock::duration>(due - now, std::chrono::milliseconds(100));
+        co_await Reactor::current()->sleep_ns(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(slice).count());
       }
     }
     if (!st) break;
     // Make the copies durable, then check under a barrier (every stripe: no write in
     // flight) that nothing is dirty any more; writes after it reach the replica anyway.
-    std::shared_ptr<ReplicaLink> link;
-    {
-      std::lock_guard lock(mu_);
-      link = peer->link;
-    }
-    if (!link) {
-      st = Errc::io_error;
-      break;
-    }
-    link::Request req;
-    req.type = link::Type::flush;
-    auto call = link->call(req);
-    st = co_await call;
-    if (!st) break;
-    for (uint64_t e : done) peer->dirty->clear(e);
-    done.clear();
-    st = peer->dirty->sync();
+    st = co_await checkpoint(*peer, &done);
     if (!st) break;
     Stripes all(stripes_);
     co_await all.lock_all();

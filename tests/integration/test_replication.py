@@ -43,6 +43,7 @@ class ReplicationTest(unittest.TestCase):
     etcd = None
     nodes = []
     volumes = {}  # name -> size, checked for identical copies at the end
+    copies = {}   # name -> replicas
 
     @classmethod
     def setUpClass(cls):
@@ -96,6 +97,7 @@ class ReplicationTest(unittest.TestCase):
         via = via or self.nodes[0]
         out = via.cairn("volume", "create", name, "--size", str(size), "--replicas", str(replicas))
         self.volumes[name] = size
+        self.copies[name] = replicas
         return out["cluster"]
 
     def info(self, name, via=None):
@@ -388,14 +390,62 @@ class ReplicationTest(unittest.TestCase):
             status, body = n.http("GET", f"/v1/volumes/{name}/snapshots")
             self.assertEqual(body.get("snapshots", []), [], n.node_id)
 
+    def resync_progress(self, name, node_id, via):
+        c = self.info(name, via) or {"replicas": []}
+        r = next((r for r in c["replicas"] if r["node"] == node_id), {})
+        return r.get("state"), int(r.get("resyncDoneBytes", 0)), int(r.get("resyncTotalBytes", 0))
+
+    def test_08_a_resync_resumes_after_either_side_restarts(self):
+        name, size = "vresume", 64 * MiB
+        c = self.create(name, size, replicas=2, via=self.node("node1"))
+        primary = self.node(c["primary"])
+        replica = self.node(next(r["node"] for r in c["replicas"] if r["node"] != primary.node_id))
+        h = self.connect(name)
+        replica.kill9()
+        for off in range(0, 32 * MiB, 1 * MiB):
+            h.pwrite(pattern(f"resume{off}", 1 * MiB), off)
+        h.flush()
+        harness.nbd_close(h)
+        primary.cairn("volume", "rebuild-rate", name, "4M")
+        replica.start()
+        wait_for(lambda: self.resync_progress(name, replica.node_id, primary)[1] >= 4 * MiB,
+                 STATE_WAIT_S, "the resync to make progress", interval_s=0.1)
+        text = primary.cairn("volume", "info", name, json=False).stdout
+        self.assertRegex(text, rf"replica {replica.node_id}: +resyncing \d+% .*/s, ETA")
+        # The replica restarts mid-resync: out again, then the resync goes on.
+        replica.kill9()
+        replica.start()
+        wait_for(lambda: self.resync_progress(name, replica.node_id, primary)[1] >= 20 * MiB,
+                 STATE_WAIT_S, "the resync to pass 20 MiB", interval_s=0.1)
+        # The primary restarts mid-resync: still the primary (its replica is not in sync),
+        # it resumes from its dirty map instead of starting over.
+        primary.kill9()
+        primary.start()
+        state, done, total = wait_for(
+            lambda: (lambda p: p if p[0] == "resyncing" else None)(
+                self.resync_progress(name, replica.node_id, primary)),
+            STATE_WAIT_S, "the resync to resume", interval_s=0.1)
+        log(f"resumed resync: {total} bytes left of 32 MiB")
+        self.assertLess(total, 32 * MiB, "the resync started over after the primary's restart")
+        primary.cairn("volume", "rebuild-rate", name, "0")
+        wait_for(lambda: self.resync_progress(name, replica.node_id, primary)[0] == "in_sync",
+                 STATE_WAIT_S, "the replica to be in sync", interval_s=0.1)
+        h = self.connect(name)
+        try:
+            for off in range(0, 32 * MiB, 1 * MiB):
+                self.assertEqual(h.pread(1 * MiB, off), pattern(f"resume{off}", 1 * MiB))
+        finally:
+            harness.nbd_close(h)
+
     def test_99_every_copy_of_every_volume_is_identical(self):
         for name in self.volumes:
             self.wait_all_in_sync(name)
         # Independent check: each node's data dir opened in single-node mode.
         digests = copies_digests(self.nodes, self.volumes)
         for name, by_node in digests.items():
+            self.assertEqual(len(by_node), self.copies[name], f"{name}: copies on {sorted(by_node)}")
             self.assertEqual(len(set(by_node.values())), 1, f"{name}: copies differ: {by_node}")
-            log(f"{name}: 3 identical copies ({by_node['node1'][:16]})")
+            log(f"{name}: {len(by_node)} identical copies ({next(iter(by_node.values()))[:16]})")
         for n in self.nodes:
             n.start()
 

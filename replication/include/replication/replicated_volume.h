@@ -112,11 +112,12 @@ class ReplicatedVolume final : public Volume {
   // here becomes dirty too (full rebuild).
   Status attach_link(const std::string& node, std::shared_ptr<ReplicaLink> link, bool emptied);
   // Copies the dirty extents of resyncing replica `node` (on the calling coroutine's
-  // Reactor), at most `rate_bytes_per_s` (0 = unbounded), then flushes it and makes it in
-  // sync. Errors: the link failed (the replica is out again), or the volume is fenced.
+  // Reactor), at most `rate_bytes_per_s` (0 = unbounded; set_rebuild_rate changes it while
+  // it runs), then flushes it and makes it in sync. Errors: the link failed (the replica is out again), or the volume is fenced.
   // Counts the bytes it copied in *copied.
   Task<Status> resync(const std::string& node, uint64_t rate_bytes_per_s, uint64_t* copied);
   std::vector<PeerStatus> peers() const;
+  void set_rebuild_rate(uint64_t bytes_per_s) { rebuild_rate_.store(bytes_per_s); }
 
   // A snapshot at one point of the write stream on every in-sync replica and here: holds
   // every stripe (no write in flight), sends SNAPSHOT (or SNAPSHOT_DELETE when `remove`) to
@@ -147,11 +148,14 @@ class ReplicatedVolume final : public Volume {
   // them to *done, to be cleared once the replica flushed.
   Task<Status> copy_run(Peer& peer, uint64_t first, uint64_t count, uint64_t* copied,
                         std::vector<uint64_t>* done);
+  // FLUSHes `peer`, then clears the extents in *done and persists the map.
+  Task<Status> checkpoint(Peer& peer, std::vector<uint64_t>* done);
 
   std::shared_ptr<Volume> local_;
   const uint64_t epoch_;
   const Hooks hooks_;
   std::atomic<bool> fenced_{false};
+  std::atomic<uint64_t> rebuild_rate_{0};  // resync bytes per second, 0 = unbounded
   typename Stripes::Stripes stripes_;
   std::unique_ptr<BlockingWorker> worker_;
 
