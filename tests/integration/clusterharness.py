@@ -18,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+import unittest
 import urllib.error
 import urllib.request
 
@@ -279,3 +280,66 @@ def copies_digests(nodes, volumes):
         finally:
             single.cleanup()
     return digests
+
+
+class ClusterTestCase(unittest.TestCase):
+    """A test class sharing one etcd and the nodes make_nodes() builds (three plain nodes
+    unless overridden; it may also create TcpProxy objects and add them to cls.proxies).
+    setUpClass starts them; tearDownClass stops the nodes first (they revoke their leases),
+    then the proxies and etcd, every process by its PID; a failed test prints every log's
+    tail."""
+
+    etcd = None
+    nodes = []
+    proxies = []
+
+    @classmethod
+    def make_nodes(cls):
+        return [ClusterNode(f"node{i}", cls.etcd) for i in (1, 2, 3)]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.etcd = Etcd()
+        cls.nodes, cls.proxies = [], []
+        try:
+            cls.etcd.start()
+            cls.nodes = cls.make_nodes()
+            for n in cls.nodes:
+                n.start()
+        except BaseException:
+            cls._teardown(failed=True)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._teardown(failed=False)
+
+    @classmethod
+    def _teardown(cls, failed):
+        try:
+            for n in cls.nodes:
+                try:
+                    n.failed = n.failed or failed
+                    if n.proc is not None:
+                        n.stop(check=not failed)
+                finally:
+                    n.cleanup()
+        finally:
+            for p in cls.proxies:
+                p.stop()
+            if cls.etcd is not None:
+                cls.etcd.failed = cls.etcd.failed or failed
+                cls.etcd.stop()
+                cls.etcd.cleanup()
+
+    def tearDown(self):
+        outcome = getattr(self, "_outcome", None)
+        result = getattr(outcome, "result", None)
+        failed = result is not None and any(t is self for t, _ in result.errors + result.failures)
+        if failed or (outcome is not None and not getattr(outcome, "success", True)):
+            for s in [self.etcd, *self.nodes]:
+                s.failed = True
+                s.print_log_tail(60)
+
+    def node(self, node_id):
+        return next(n for n in self.nodes if n.node_id == node_id)

@@ -14,10 +14,9 @@ import errno
 import shutil
 import socket
 import struct
-import unittest
 
 import harness
-from clusterharness import ClusterNode, Etcd, cluster_args
+from clusterharness import ClusterTestCase, cluster_args
 from harness import BLOCKD, GiB, log, run, wait_for
 
 # Bounded waits on states (a lease is 5 s; a record is republished every 10 s).
@@ -29,54 +28,9 @@ def log_text(server):
         return f.read()
 
 
-class ClusterTest(unittest.TestCase):
-    etcd = None
-    nodes = []
-
-    @classmethod
-    def setUpClass(cls):
-        cls.etcd = Etcd()
-        try:
-            cls.etcd.start()
-            cls.nodes = [ClusterNode(f"node{i}", cls.etcd) for i in (1, 2, 3)]
-            for n in cls.nodes:
-                n.start()
-        except BaseException:
-            cls._teardown(failed=True)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._teardown(failed=False)
-
-    @classmethod
-    def _teardown(cls, failed):
-        try:
-            for n in cls.nodes:  # nodes first: they revoke their leases in etcd
-                try:
-                    n.failed = n.failed or failed
-                    n.stop(check=not failed)
-                finally:
-                    n.cleanup()
-        finally:
-            if cls.etcd is not None:
-                cls.etcd.failed = cls.etcd.failed or failed
-                cls.etcd.stop()
-                cls.etcd.cleanup()
-
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = result is not None and any(t is self for t, _ in result.errors + result.failures)
-        if failed or (outcome is not None and not getattr(outcome, "success", True)):
-            for s in [self.etcd, *self.nodes]:
-                s.failed = True
-                s.print_log_tail(40)
+class ClusterTest(ClusterTestCase):
 
     # ---- helpers
-    def node(self, node_id):
-        return next(n for n in self.nodes if n.node_id == node_id)
-
     def listed(self, via):
         """{id: ClusterNode JSON} from `cairn node list --json` on node `via`."""
         out = via.cairn("node", "list")

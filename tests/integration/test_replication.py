@@ -21,10 +21,9 @@ import socket
 import struct
 import threading
 import time
-import unittest
 
 import harness
-from clusterharness import ClusterNode, Etcd, copies_digests
+from clusterharness import ClusterTestCase, copies_digests
 from harness import MiB, log, run, wait_for
 
 nbd = harness.import_nbd()
@@ -39,57 +38,11 @@ def pattern(tag, size=BLOCK):
     return hashlib.sha256(tag.encode()).digest() * (size // 32)
 
 
-class ReplicationTest(unittest.TestCase):
-    etcd = None
-    nodes = []
+class ReplicationTest(ClusterTestCase):
     volumes = {}  # name -> size, checked for identical copies at the end
     copies = {}   # name -> replicas
 
-    @classmethod
-    def setUpClass(cls):
-        cls.etcd = Etcd()
-        try:
-            cls.etcd.start()
-            cls.nodes = [ClusterNode(f"node{i}", cls.etcd) for i in (1, 2, 3)]
-            for n in cls.nodes:
-                n.start()
-        except BaseException:
-            cls._teardown(failed=True)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._teardown(failed=False)
-
-    @classmethod
-    def _teardown(cls, failed):
-        try:
-            for n in cls.nodes:
-                try:
-                    n.failed = n.failed or failed
-                    if n.proc is not None:
-                        n.stop(check=False)
-                finally:
-                    n.cleanup()
-        finally:
-            if cls.etcd is not None:
-                cls.etcd.failed = cls.etcd.failed or failed
-                cls.etcd.stop()
-                cls.etcd.cleanup()
-
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = result is not None and any(t is self for t, _ in result.errors + result.failures)
-        if failed or (outcome is not None and not getattr(outcome, "success", True)):
-            for s in [self.etcd, *self.nodes]:
-                s.failed = True
-                s.print_log_tail(60)
-
     # ---- helpers
-    def node(self, node_id):
-        return next(n for n in self.nodes if n.node_id == node_id)
-
     def up(self):
         return [n for n in self.nodes if n.proc is not None]
 

@@ -16,10 +16,9 @@ Waits are on states, bounded; no test asserts how long anything took.
 import hashlib
 import threading
 import time
-import unittest
 
 import harness
-from clusterharness import ClusterNode, Etcd, TcpProxy, copies_digests
+from clusterharness import ClusterNode, ClusterTestCase, TcpProxy, copies_digests
 from harness import MiB, free_port, log, run, wait_for
 
 nbd = harness.import_nbd()
@@ -32,68 +31,23 @@ def pattern(tag, size=BLOCK):
     return hashlib.sha256(tag.encode()).digest() * (size // 32)
 
 
-class ReplicationFaultsTest(unittest.TestCase):
-    etcd = None
-    nodes = []
-    proxies = []
+class ReplicationFaultsTest(ClusterTestCase):
     volumes = {}
 
     @classmethod
-    def setUpClass(cls):
-        cls.etcd = Etcd()
-        try:
-            cls.etcd.start()
-            cls.etcd_proxy = TcpProxy(cls.etcd.endpoint[len("http://"):], "etcd-proxy-node1")
-            rep_port = free_port()
-            cls.rep_proxy = TcpProxy(f"127.0.0.1:{rep_port}", "replication-proxy-node3")
-            cls.proxies = [cls.etcd_proxy, cls.rep_proxy]
-            cls.nodes = [
-                ClusterNode("node1", cls.etcd, etcd_endpoint=f"http://{cls.etcd_proxy.address}"),
-                ClusterNode("node2", cls.etcd),
-                ClusterNode("node3", cls.etcd, replication_listen=f"127.0.0.1:{rep_port}",
-                            extra_args=["--replication-advertise", cls.rep_proxy.address]),
-            ]
-            for n in cls.nodes:
-                n.start()
-        except BaseException:
-            cls._teardown(failed=True)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._teardown(failed=False)
-
-    @classmethod
-    def _teardown(cls, failed):
-        try:
-            for n in cls.nodes:
-                try:
-                    n.failed = n.failed or failed
-                    if n.proc is not None:
-                        n.stop(check=False)
-                finally:
-                    n.cleanup()
-        finally:
-            for p in cls.proxies:
-                p.stop()
-            if cls.etcd is not None:
-                cls.etcd.failed = cls.etcd.failed or failed
-                cls.etcd.stop()
-                cls.etcd.cleanup()
-
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = result is not None and any(t is self for t, _ in result.errors + result.failures)
-        if failed or (outcome is not None and not getattr(outcome, "success", True)):
-            for s in [self.etcd, *self.nodes]:
-                s.failed = True
-                s.print_log_tail(60)
+    def make_nodes(cls):
+        cls.etcd_proxy = TcpProxy(cls.etcd.endpoint[len("http://"):], "etcd-proxy-node1")
+        rep_port = free_port()
+        cls.rep_proxy = TcpProxy(f"127.0.0.1:{rep_port}", "replication-proxy-node3")
+        cls.proxies = [cls.etcd_proxy, cls.rep_proxy]
+        return [
+            ClusterNode("node1", cls.etcd, etcd_endpoint=f"http://{cls.etcd_proxy.address}"),
+            ClusterNode("node2", cls.etcd),
+            ClusterNode("node3", cls.etcd, replication_listen=f"127.0.0.1:{rep_port}",
+                        extra_args=["--replication-advertise", cls.rep_proxy.address]),
+        ]
 
     # ---- helpers
-    def node(self, node_id):
-        return next(n for n in self.nodes if n.node_id == node_id)
-
     def create(self, name, size, via):
         out = via.cairn("volume", "create", name, "--size", str(size), "--replicas", "3")
         self.volumes[name] = size

@@ -24,6 +24,8 @@
 #include "replication/link_protocol.h"
 #include "temp_dir.h"
 
+#include "mem_volume.h"
+
 namespace cairn::replication {
 namespace {
 
@@ -31,110 +33,8 @@ using link::Reply;
 using link::Request;
 using link::Type;
 
-// A volume over a std::vector; every operation completes synchronously. Thread-safe: the
-// server writes on its thread while the test reads on its own.
-class MemVolume final : public Volume {
- public:
-  MemVolume(std::string name, uint64_t size) : name_(std::move(name)), data_(size, 0) {}
-
-  const std::string& name() const override { return name_; }
-  uint64_t size_bytes() const override {
-    std::lock_guard lk(mu_);
-    return data_.size();
-  }
-  bool alive() const override { return true; }
-
-  Task<Status> read(uint64_t offset, uint64_t length, void* buf) override {
-    std::lock_guard lk(mu_);
-    if (!in_range(offset, length)) co_return Errc::out_of_range;
-    memcpy(buf, data_.data() + offset, length);
-    co_return ok();
-  }
-  Task<Status> write(uint64_t offset, uint64_t length, const void* buf, bool fua) override {
-    std::lock_guard lk(mu_);
-    if (!in_range(offset, length)) co_return Errc::out_of_range;
-    memcpy(data_.data() + offset, buf, length);
-    ++writes_;
-    if (fua) ++fua_writes_;
-    co_return ok();
-  }
-  Task<Status> trim(uint64_t offset, uint64_t length, bool) override {
-    std::lock_guard lk(mu_);
-    if (!in_range(offset, length)) co_return Errc::out_of_range;
-    memset(data_.data() + offset, 0, length);
-    ++trims_;
-    co_return ok();
-  }
-  Task<Status> write_zeroes(uint64_t offset, uint64_t length, bool may_release,
-                            bool) override {
-    std::lock_guard lk(mu_);
-    if (!in_range(offset, length)) co_return Errc::out_of_range;
-    memset(data_.data() + offset, 0, length);
-    ++(may_release ? zeroes_released_ : zeroes_kept_);
-    co_return ok();
-  }
-  Task<Status> flush() override {
-    std::lock_guard lk(mu_);
-    ++flushes_;
-    co_return ok();
-  }
-  Result<std::vector<AllocationRun>> allocation(uint64_t, uint64_t length, size_t) override {
-    return std::vector<AllocationRun>{{length, true}};
-  }
-
-  void grow(uint64_t size) {
-    std::lock_guard lk(mu_);
-    if (data_.size() < size) data_.resize(size, 0);
-  }
-  std::vector<uint8_t> bytes(uint64_t offset, uint64_t length) const {
-    std::lock_guard lk(mu_);
-    return std::vector<uint8_t>(data_.begin() + offset, data_.begin() + offset + length);
-  }
-  void fill(uint8_t b) {
-    std::lock_guard lk(mu_);
-    std::fill(data_.begin(), data_.end(), b);
-  }
-  int writes() const { std::lock_guard lk(mu_); return writes_; }
-  int fua_writes() const { std::lock_guard lk(mu_); return fua_writes_; }
-  int flushes() const { std::lock_guard lk(mu_); return flushes_; }
-  int zeroes_kept() const { std::lock_guard lk(mu_); return zeroes_kept_; }
-  int zeroes_released() const { std::lock_guard lk(mu_); return zeroes_released_; }
-
- private:
-  bool in_range(uint64_t offset, uint64_t length) const {
-    return length <= data_.size() && offset <= data_.size() - length;
-  }
-  const std::string name_;
-  mutable std::mutex mu_;
-  std::vector<uint8_t> data_;
-  int writes_ = 0, fua_writes_ = 0, trims_ = 0, flushes_ = 0;
-  int zeroes_kept_ = 0, zeroes_released_ = 0;
-};
-
-// This node's copies of volumes, as the daemon's open_volume hook would manage them.
-class MemStore {
- public:
-  Result<std::shared_ptr<Volume>> open(const std::string& name, uint64_t size, bool* created) {
-    std::lock_guard lk(mu_);
-    auto& v = volumes_[name];
-    *created = !v;
-    if (!v) {
-      v = std::make_shared<MemVolume>(name, size);
-    } else {
-      v->grow(size);
-    }
-    return std::shared_ptr<Volume>(v);
-  }
-  std::shared_ptr<MemVolume> get(const std::string& name) {
-    std::lock_guard lk(mu_);
-    auto it = volumes_.find(name);
-    return it == volumes_.end() ? nullptr : it->second;
-  }
-
- private:
-  std::mutex mu_;
-  std::map<std::string, std::shared_ptr<MemVolume>> volumes_;
-};
+using mem::MemStore;
+using mem::MemVolume;
 
 // A blocking client of the link. A receive timeout keeps a broken server from hanging the
 // test run; no assertion depends on it.
