@@ -152,7 +152,8 @@ std::string format_cluster_section(const cairn::v1::ClusterVolume& c) {
                format_size_bytes(static_cast<uint64_t>(rate)).c_str(), eta);
       state += buf;
     } else if (r.state() == "in_sync" && r.resync_done_bytes() > 0) {
-      state += " (last resync copied " + format_size_bytes(r.resync_done_bytes()) + ")";
+      state += " (last resync: " + format_size_bytes(r.resync_done_bytes()) + ", " +
+               format_size_bytes(r.resync_data_bytes()) + " of it data)";
     }
     fields.push_back({"replica " + r.node(), state});
   }

@@ -20,6 +20,9 @@ namespace {
 constexpr const char* kLog = "cluster";
 constexpr int kCasAttemptsMax = 16;
 constexpr auto kServeWait = std::chrono::seconds(5);
+// How long recording a replica's state may retry a slow or unreachable etcd. Shorter than
+// the lease TTL would not help: once the lease is lost the node stops serving anyway.
+constexpr auto kRecordWait = std::chrono::seconds(10);
 namespace fs = std::filesystem;
 using v1::ClusterVolume;
 }  // namespace
@@ -251,6 +254,7 @@ class ClusterVolumes::Impl {
       r->set_resync_total_bytes(p.resync_total_bytes);
       r->set_resync_done_bytes(p.resync_done_bytes);
       r->set_resync_bytes_per_s(p.resync_bytes_per_s);
+      r->set_resync_data_bytes(p.resync_data_bytes);
     }
   }
 
@@ -504,24 +508,37 @@ class ClusterVolumes::Impl {
   }
 
   // Records replica `node`'s state, if this node is still `name`'s primary at `epoch`.
+  // A slow or briefly unreachable etcd is retried for up to kRecordWait (every attempt
+  // re-reads the record, so a repeat never acts on a stale view).
   Status set_state(const std::string& name, uint64_t epoch, const std::string& node,
                    const std::string& state) {
-    for (int i = 0; i < kCasAttemptsMax; ++i) {
-      CAIRN_TRY(vv, registry_.get(name));
-      if (vv.volume.primary() != self_ || vv.volume.epoch() != epoch) return Errc::permission_denied;
-      ClusterVolume next = vv.volume;
-      auto* r = find_replica(next, node);
-      if (!r) return Errc::not_found;
-      if (r->state() == state) return ok();
-      r->set_state(state);
-      auto u = registry_.update(vv, next);
-      if (u) {
-        CAIRN_LOG_INFO(kLog, "volume %s: replica %s is %s", name.c_str(), node.c_str(), state.c_str());
-        return ok();
+    const auto deadline = std::chrono::steady_clock::now() + kRecordWait;
+    Status st = Errc::busy;
+    for (int i = 0; i < kCasAttemptsMax * 4; ++i) {
+      st = set_state_once(name, epoch, node, state);
+      if (st || (st.error() != Errc::busy && st.error() != Errc::unavailable &&
+                 st.error() != Errc::io_error)) {
+        return st;
       }
-      if (u.error() != Errc::busy) return u.error();
+      if (std::chrono::steady_clock::now() >= deadline || !o_.member->registered()) return st;
+      if (st.error() != Errc::busy) std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    return Errc::busy;
+    return st;
+  }
+
+  Status set_state_once(const std::string& name, uint64_t epoch, const std::string& node,
+                        const std::string& state) {
+    CAIRN_TRY(vv, registry_.get(name));
+    if (vv.volume.primary() != self_ || vv.volume.epoch() != epoch) return Errc::permission_denied;
+    ClusterVolume next = vv.volume;
+    auto* r = find_replica(next, node);
+    if (!r) return Errc::not_found;
+    if (r->state() == state) return ok();
+    r->set_state(state);
+    auto u = registry_.update(vv, next);
+    if (!u) return u.error();
+    CAIRN_LOG_INFO(kLog, "volume %s: replica %s is %s", name.c_str(), node.c_str(), state.c_str());
+    return ok();
   }
 
   // Reconnects the out replicas of a volume served here and starts their resync.

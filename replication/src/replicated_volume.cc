@@ -17,7 +17,8 @@ namespace {
 constexpr const char* kLog = "replication";
 constexpr uint64_t kExtent = DirtyMap::kExtentBytes;
 constexpr uint64_t kCopyExtentsMax = 16;  // one copy request: at most 1 MiB
-constexpr size_t kCopyPipeline = 8;       // copy requests in flight per resync
+constexpr size_t kCopyPipeline = 16;      // copy requests in flight per resync
+constexpr uint64_t kTrimExtentsMax = link::kRangeMaxBytes / kExtent;  // one TRIM: 1 GiB
 constexpr size_t kCheckpointExtents = 256;  // 16 MiB copied: flush the replica, persist
 using Clock = std::chrono::steady_clock;
 
@@ -107,6 +108,7 @@ struct ReplicatedVolume::Peer {
   bool out_recorded = true;  // etcd knows it is out (true for peers that start out)
   uint64_t resync_total_bytes = 0;
   uint64_t resync_done_bytes = 0;
+  uint64_t resync_data_bytes = 0;  // of which data (the rest were holes, sent as TRIM)
   Clock::time_point resync_started;
 };
 
@@ -410,14 +412,17 @@ Task<Status> ReplicatedVolume::flush() {
 
 Status ReplicatedVolume::check_links() {
   std::vector<std::string> broken;
+  bool unrecorded = false;
   {
     std::lock_guard lock(mu_);
     for (auto& p : peers_) {
       if (p->state != kOut && p->link && p->link->broken()) broken.push_back(p->node);
+      unrecorded = unrecorded || (p->state == kOut && !p->out_recorded);
     }
   }
-  if (broken.empty() || fenced()) return ok();
-  // On the worker, like every other recording: they never interleave.
+  if ((broken.empty() && !unrecorded) || fenced()) return ok();
+  // On the worker, like every other recording: they never interleave. This also retries
+  // recording a replica out whose CAS failed before (etcd slow or away).
   return worker_->call([&] { return record_missed(broken, {}, 0, 0); });
 }
 
@@ -462,6 +467,7 @@ Status ReplicatedVolume::attach_link(const std::string& node, std::shared_ptr<Re
   peer->state = kResyncing;
   peer->resync_total_bytes = peer->dirty->count() * kExtent;
   peer->resync_done_bytes = 0;
+  peer->resync_data_bytes = 0;
   peer->resync_started = Clock::now();
   CAIRN_LOG_INFO(kLog, "volume %s: replica %s back, resyncing %llu extents%s", name().c_str(),
                  node.c_str(), static_cast<unsigned long long>(peer->dirty->count()),
@@ -482,18 +488,21 @@ Task<Status> ReplicatedVolume::copy_run(Peer& peer, uint64_t first, uint64_t cou
   const uint64_t offset = first * kExtent;
   const uint64_t length = std::min(count * kExtent, size_bytes() - offset);
   auto buffer = std::make_unique<AlignedBuffer>(kCopyExtentsMax * kExtent);
+  uint64_t data_bytes = 0;
   // Holes are trimmed, data is copied; the allocation map may come in several answers.
   const uint64_t end = offset + length;
   for (uint64_t pos = offset; pos < end;) {
     CAIRN_CO_TRY(runs, local_->allocation(pos, end - pos, 64));
     if (runs.empty()) co_return Errc::io_error;
     for (const auto& run : runs) {
-      const uint64_t n = std::min(run.length_bytes, end - pos);
+      const uint64_t n = std::min({run.length_bytes, end - pos,
+                                   run.allocated ? kCopyExtentsMax * kExtent : link::kRangeMaxBytes});
       if (n == 0) break;
       link::Request req;
       req.offset = pos;
       req.length = static_cast<uint32_t>(n);
       if (run.allocated) {
+        data_bytes += n;
         Status rd = co_await local_->read(pos, n, buffer->data);
         if (!rd) co_return rd;
         req.type = link::Type::write;
@@ -505,6 +514,7 @@ Task<Status> ReplicatedVolume::copy_run(Peer& peer, uint64_t first, uint64_t cou
       Status st = co_await call;
       if (!st) co_return st;
       pos += n;
+      break;  // re-read the map from pos: the run may have been longer than one request
     }
   }
   // Cleared only once the replica flushed them: a crash before may still lose them.
@@ -512,6 +522,7 @@ Task<Status> ReplicatedVolume::copy_run(Peer& peer, uint64_t first, uint64_t cou
   *copied += length;
   std::lock_guard lock(mu_);
   peer.resync_done_bytes += length;
+  peer.resync_data_bytes += data_bytes;
   co_return ok();
 }
 
@@ -558,9 +569,23 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
       std::vector<Task<Status>> batch;
       const auto batch_started = Clock::now();
       const uint64_t copied_before = pass_copied;
-      while (e && batch.size() < kCopyPipeline) {
+      // Under a rate bound, batches of about a tenth of a second's worth keep it smooth.
+      const uint64_t rate_now = rebuild_rate_.load(std::memory_order_relaxed);
+      const size_t pipeline =
+          rate_now == 0 ? kCopyPipeline
+                        : std::clamp<size_t>(rate_now / 10 / (kCopyExtentsMax * kExtent), 1,
+                                             kCopyPipeline);
+      while (e && batch.size() < pipeline) {
+        // A run of dirty extents: up to 1 MiB where there is data, up to 1 GiB of hole
+        // (one TRIM) where the local copy holds nothing.
+        uint64_t limit = kCopyExtentsMax;
+        const uint64_t at = *e * kExtent;
+        auto head = local_->allocation(at, std::min(kTrimExtentsMax * kExtent, size_bytes() - at), 1);
+        if (head && !head.value().empty() && !head.value()[0].allocated)
+          limit = std::max<uint64_t>(1, head.value()[0].length_bytes / kExtent);
+        limit = std::min(limit, kTrimExtentsMax);
         uint64_t count = 1;
-        while (count < kCopyExtentsMax && *e + count < peer->dirty->extents() &&
+        while (count < limit && *e + count < peer->dirty->extents() &&
                peer->dirty->test(*e + count)) {
           ++count;
         }
@@ -683,6 +708,7 @@ std::vector<ReplicatedVolume::PeerStatus> ReplicatedVolume::peers() const {
     // In sync: the numbers of the last resync (none: zeros).
     s.resync_total_bytes = p->resync_total_bytes;
     s.resync_done_bytes = p->resync_done_bytes;
+    s.resync_data_bytes = p->resync_data_bytes;
     if (p->state == kResyncing) {
       const double secs = std::chrono::duration<double>(Clock::now() - p->resync_started).count();
       s.resync_bytes_per_s = secs > 0 ? p->resync_done_bytes / secs : 0;

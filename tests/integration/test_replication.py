@@ -288,11 +288,13 @@ class ReplicationTest(ClusterTestCase):
         shutil.rmtree(victim.data_dir)
         os.makedirs(victim.data_dir)
         victim.start()
-        self.wait_state(name, victim.node_id, "in_sync")
-        c = self.info(name, self.node(primary))
-        r = next(r for r in c["replicas"] if r["node"] == victim.node_id)
-        log(f"full rebuild of {victim.node_id} copied {r.get('resyncDoneBytes')} bytes")
-        self.assertGreaterEqual(int(r.get("resyncDoneBytes", 0)), 16 * MiB)
+        # In sync again after a resync of everything the primary holds (the numbers of the
+        # last resync stay visible): not merely still listed in sync.
+        state, done, _ = wait_for(
+            lambda: (lambda p: p if p[0] == "in_sync" and p[1] >= 16 * MiB else None)(
+                self.resync_progress(name, victim.node_id, self.node(primary))),
+            STATE_WAIT_S, f"{victim.node_id} rebuilt and in sync", interval_s=0.2)
+        log(f"full rebuild of {victim.node_id} copied {done} bytes")
 
     def test_07_a_snapshot_is_taken_at_one_point_on_every_replica(self):
         name, size = "vsnap", 32 * MiB
@@ -365,11 +367,16 @@ class ReplicationTest(ClusterTestCase):
                  STATE_WAIT_S, "the resync to make progress", interval_s=0.1)
         text = primary.cairn("volume", "info", name, json=False).stdout
         self.assertRegex(text, rf"replica {replica.node_id}: +resyncing \d+% .*/s, ETA")
-        # The replica restarts mid-resync: out again, then the resync goes on.
+        # The replica restarts mid-resync: out again, then the resync goes on from what was
+        # checkpointed (every 16 MiB).
         replica.kill9()
         replica.start()
-        wait_for(lambda: self.resync_progress(name, replica.node_id, primary)[1] >= 20 * MiB,
-                 STATE_WAIT_S, "the resync to pass 20 MiB", interval_s=0.1)
+
+        def left():
+            state, done, total = self.resync_progress(name, replica.node_id, primary)
+            return total - done if state == "resyncing" and total else None
+        before = wait_for(lambda: (lambda n: n if n is not None and n <= 12 * MiB else None)(left()),
+                          STATE_WAIT_S, "the resync to get within 12 MiB of the end", interval_s=0.1)
         # The primary restarts mid-resync: still the primary (its replica is not in sync),
         # it resumes from its dirty map instead of starting over.
         primary.kill9()
@@ -378,8 +385,9 @@ class ReplicationTest(ClusterTestCase):
             lambda: (lambda p: p if p[0] == "resyncing" else None)(
                 self.resync_progress(name, replica.node_id, primary)),
             STATE_WAIT_S, "the resync to resume", interval_s=0.1)
-        log(f"resumed resync: {total} bytes left of 32 MiB")
+        log(f"resumed resync: {total} bytes to go of 32 MiB ({before} were left at the kill)")
         self.assertLess(total, 32 * MiB, "the resync started over after the primary's restart")
+        self.assertLessEqual(total, before + 16 * MiB, "more than one checkpoint's worth redone")
         primary.cairn("volume", "rebuild-rate", name, "0")
         wait_for(lambda: self.resync_progress(name, replica.node_id, primary)[0] == "in_sync",
                  STATE_WAIT_S, "the replica to be in sync", interval_s=0.1)

@@ -10,7 +10,8 @@ another node takes over, every write node1 acknowledged before a completed FLUSH
 back from the new primary, nothing node1's client sends afterwards lands (no split brain),
 and after the partition heals node1 is rebuilt as a replica. At the end every copy of
 every volume is identical (read in single-node mode).
-Waits are on states, bounded; no test asserts how long anything took.
+A seeded loop of random faults under a writer ends it (2 rounds; CAIRN_SOAK=1: 12; replay
+with CAIRN_SEED). Waits are on states, bounded; no test asserts how long anything took.
 """
 
 import hashlib
@@ -221,6 +222,64 @@ class ReplicationFaultsTest(ClusterTestCase):
             log(f"{len(durable)} writes node1 acknowledged read back from {new.node_id}")
         finally:
             harness.nbd_close(h2)
+
+    def test_5_random_faults_under_a_writer_lose_no_acknowledged_write(self):
+        """The soak loop: seeded random faults on node3 (cut links, a hung link, kill -9 and
+        restart) while a writer writes and flushes through node2; then every write
+        acknowledged before a completed FLUSH reads back and node3 is in sync again."""
+        rng, seed = harness.seeded_rng("replication-faults")
+        rounds = 12 if harness.SOAK else 2
+        name, size = "vsoak", 32 * MiB
+        self.create(name, size, self.node("node2"))
+        h = harness.nbd_connect(self.node("node2").tcp_uri(name))
+        history, durable, errors = {}, {}, []
+        stop = threading.Event()
+
+        def writer():
+            i = 0
+            try:
+                while not stop.is_set():
+                    off = (i * 7 % (size // BLOCK)) * BLOCK
+                    data = pattern(f"soak{seed}-{i}")
+                    h.pwrite(data, off)
+                    history.setdefault(off, []).append(data)
+                    if i % 8 == 7:
+                        written = {k: len(v) for k, v in history.items()}
+                        h.flush()
+                        durable.update(written)
+                    i += 1
+            except Exception as e:
+                errors.append(e)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        n3 = self.node("node3")
+        try:
+            for r in range(rounds):
+                fault = rng.choice(["cut", "hang", "kill"])
+                log(f"round {r + 1}/{rounds} (seed {seed}): {fault}")
+                if fault == "cut":
+                    self.rep_proxy.cut()
+                elif fault == "hang":
+                    self.rep_proxy.set_mode("blackhole")
+                    wait_for(lambda: self.states(name).get("node3") == "out", STATE_WAIT_S,
+                             "node3 out after the link hung", interval_s=0.2)
+                    self.rep_proxy.set_mode("pass")
+                    self.rep_proxy.cut()
+                else:
+                    n3.kill9()
+                    n3.start()
+                self.wait_state(name, "node3", "in_sync")
+        finally:
+            self.rep_proxy.set_mode("pass")
+            stop.set()
+            t.join(60)
+        self.assertEqual(errors, [], f"a write failed under replica faults (seed {seed})")
+        h.flush()
+        for off, n in sorted(durable.items()):
+            self.assertIn(bytes(h.pread(BLOCK, off)), history[off][n - 1:],
+                          f"acknowledged write at {off} lost (seed {seed})")
+        harness.nbd_close(h)
 
     def test_9_every_copy_of_every_volume_is_identical(self):
         for name in self.volumes:

@@ -71,6 +71,7 @@ class ReplicatedVolume final : public Volume {
     std::string state;  // kInSync, kResyncing, kOut
     uint64_t dirty_extents = 0;
     uint64_t resync_total_bytes = 0, resync_done_bytes = 0;
+    uint64_t resync_data_bytes = 0;  // of resync_done_bytes, data sent (the rest: holes trimmed)
     double resync_bytes_per_s = 0;
   };
 
@@ -102,7 +103,8 @@ class ReplicatedVolume final : public Volume {
   bool fenced() const { return fenced_.load(std::memory_order_acquire); }
 
   // Records every replica whose link broke while idle (no request noticed it) out of sync,
-  // so that a replica that restarted, possibly empty, is never left listed in sync.
+  // so that a replica that restarted, possibly empty, is never left listed in sync; and
+  // retries recording replicas out whose recording failed (etcd unreachable).
   // Blocking (etcd, fsync): for the owner's thread, not a Reactor.
   Status check_links();
   // Out replicas without a link, for the owner to reconnect.
