@@ -150,11 +150,10 @@ Result<std::shared_ptr<ReplicaLink>> ReplicaLink::connect(const Options& options
     return link_status(reply.error).error();
   }
   if (created) *created = (reply.value & link::kHelloCreated) != 0;
-  // Replies are read by a coroutine on a Reactor's ring (started by the first call).
-  tv = timeval{0, 0};
+  tv = to_timeval(kReceiveTick);
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   std::shared_ptr<ReplicaLink> l(new ReplicaLink(options, fd));
-  l->watchdog_ = std::thread([p = l.get()] { p->watch_timeouts(); });
+  l->receiver_ = std::thread([p = l.get()] { p->receive_loop(); });
   return l;
 }
 
@@ -167,39 +166,11 @@ ReplicaLink::~ReplicaLink() {
 
 void ReplicaLink::close() {
   std::call_once(close_once_, [this] {
-    {
-      std::lock_guard lock(mu_);
-      broken_.store(true, std::memory_order_release);
-    }
-    watchdog_cv_.notify_all();
-    ::shutdown(fd_, SHUT_RDWR);  // ends the reader's recv
-    if (watchdog_.joinable()) watchdog_.join();
+    broken_.store(true, std::memory_order_release);
+    ::shutdown(fd_, SHUT_RDWR);
+    if (receiver_.joinable()) receiver_.join();
     fail_all();
   });
-}
-
-void ReplicaLink::watch_timeouts() {
-  std::unique_lock lock(mu_);
-  while (!broken()) {
-    watchdog_cv_.wait_for(lock, kReceiveTick);
-    if (!pending_.empty() && Clock::now() - pending_.begin()->second->sent > options_.op_timeout) {
-      CAIRN_LOG_WARN(kLog, "volume %s: %s did not answer within %lld ms", options_.volume.c_str(),
-                     options_.address.c_str(), static_cast<long long>(options_.op_timeout.count()));
-      ::shutdown(fd_, SHUT_RDWR);  // the reader fails every waiter
-      return;
-    }
-    // Before any call there is no reader: notice a replica that went away while idle.
-    if (!reader_started_.load()) {
-      char byte;
-      ssize_t n = ::recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-        CAIRN_LOG_WARN(kLog, "volume %s: link to %s closed", options_.volume.c_str(),
-                       options_.address.c_str());
-        broken_.store(true, std::memory_order_release);
-        return;
-      }
-    }
-  }
 }
 
 void ReplicaLink::fail_all() {
@@ -233,7 +204,6 @@ bool ReplicaLink::submit(Pending* pending, link::Request& req, const void* data)
     pending->sent = Clock::now();
     pending_.emplace(req.handle, pending);
   }
-  if (!reader_started_.exchange(true)) spawn(read_replies(shared_from_this(), pending->reactor));
   pending->request_handle = req.handle;
   link::encode(req, pending->header);
   pending->data = data;
@@ -293,64 +263,57 @@ bool ReplicaLink::Call::await_suspend(std::coroutine_handle<> h) {
 
 Status ReplicaLink::Call::await_resume() const { return link_status(pending.error); }
 
-Task<void> ReplicaLink::read_replies(std::shared_ptr<ReplicaLink> self, Reactor* home) {
-  // Replies are read in bulk on `home`'s ring; waiters on `home` are resumed right here,
-  // the others with one post per Reactor, so a burst of replies costs one wake-up.
-  ReplicaLink& l = *self;
+void ReplicaLink::receive_loop() {
+  // Replies are read in bulk and their waiters resumed with one post per Reactor, so a
+  // burst of replies costs one wake-up, not one per request.
   std::vector<uint8_t> buf(64 * 1024);
   size_t have = 0;
   std::vector<Pending*> ready;
   for (;;) {
-    int got = co_await home->recv(l.fd_, buf.data() + have, buf.size() - have);
-    if (got <= 0) {
-      if (!l.broken()) {
-        CAIRN_LOG_WARN(kLog, "volume %s: link to %s closed", l.options_.volume.c_str(),
-                       l.options_.address.c_str());
+    ssize_t got = ::recv(fd_, buf.data() + have, buf.size() - have, 0);
+    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+      if (!broken()) {
+        CAIRN_LOG_WARN(kLog, "volume %s: link to %s closed", options_.volume.c_str(),
+                       options_.address.c_str());
       }
       break;
     }
-    have += static_cast<size_t>(got);
+    if (got > 0) have += got;
     size_t used = 0;
     bool bad = false;
     {
-      std::lock_guard lock(l.mu_);
+      std::lock_guard lock(mu_);
       for (; have - used >= link::kReplyBytes; used += link::kReplyBytes) {
         link::Reply reply;
-        auto it = l.pending_.end();
-        if (link::decode(buf.data() + used, &reply)) it = l.pending_.find(reply.handle);
-        if (it == l.pending_.end()) {
+        auto it = pending_.end();
+        if (link::decode(buf.data() + used, &reply)) it = pending_.find(reply.handle);
+        if (it == pending_.end()) {
           bad = true;
           break;
         }
         it->second->error = reply.error;
         ready.push_back(it->second);
-        l.pending_.erase(it);
+        pending_.erase(it);
       }
+    }
+    resume(ready);
+    if (bad) {
+      CAIRN_LOG_WARN(kLog, "volume %s: bad reply from %s", options_.volume.c_str(),
+                     options_.address.c_str());
+      break;
     }
     std::memmove(buf.data(), buf.data() + used, have - used);
     have -= used;
-    std::vector<std::coroutine_handle<>> here;
-    auto others = std::remove_if(ready.begin(), ready.end(), [&](Pending* p) {
-      if (p->reactor != home) return false;
-      here.push_back(p->handle);
-      return true;
-    });
-    ready.erase(others, ready.end());
-    resume(ready);
-    for (auto h : here) h.resume();
-    if (bad) {
-      CAIRN_LOG_WARN(kLog, "volume %s: bad reply from %s", l.options_.volume.c_str(),
-                     l.options_.address.c_str());
+    // Is the oldest request overdue?
+    std::lock_guard lock(mu_);
+    if (!pending_.empty() && Clock::now() - pending_.begin()->second->sent > options_.op_timeout) {
+      CAIRN_LOG_WARN(kLog, "volume %s: %s did not answer within %lld ms", options_.volume.c_str(),
+                     options_.address.c_str(), static_cast<long long>(options_.op_timeout.count()));
       break;
     }
   }
-  ::shutdown(l.fd_, SHUT_RDWR);
-  {
-    std::lock_guard lock(l.mu_);
-    l.broken_.store(true, std::memory_order_release);
-  }
-  l.watchdog_cv_.notify_all();
-  l.fail_all();
+  ::shutdown(fd_, SHUT_RDWR);
+  fail_all();
 }
 
 void ReplicaLink::resume(std::vector<Pending*>& ready) {

@@ -5,9 +5,7 @@
 //
 // Threads: requests are sent on the caller's Reactor thread: those submitted in one loop
 // iteration leave together in one sendmsg (Reactor::defer), under a mutex (blocking socket
-// with a send timeout). Replies are read by a coroutine on the ring of the Reactor that made
-// the first call (its waiters resume there without a thread hop; others get one post per
-// burst). A watchdog thread breaks the link when a request is overdue. A link
+// with a send timeout); one receiver thread per link reads replies and resumes the waiters. A link
 // that fails (connection error, malformed reply, or a request unanswered for
 // op_timeout) is broken for good: every waiting and later call fails with io_error, and
 // the owner connects a new one. Bounds: at most kInflightMax requests waiting (beyond that
@@ -18,7 +16,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <coroutine>
 #include <cstdint>
 #include <map>
@@ -94,8 +91,7 @@ class ReplicaLink : public std::enable_shared_from_this<ReplicaLink> {
   bool submit(Pending* pending, link::Request& req, const void* data);
   // Sends the requests `reactor` queued (on its thread, once per loop iteration).
   void flush_batch(Reactor* reactor);
-  static Task<void> read_replies(std::shared_ptr<ReplicaLink> self, Reactor* home);
-  void watch_timeouts();  // the watchdog thread: breaks the link when a request is overdue
+  void receive_loop();
   void fail_all();
   // Resumes the waiters of `ready` on their Reactors, one post per Reactor; empties it.
   static void resume(std::vector<Pending*>& ready);
@@ -109,9 +105,7 @@ class ReplicaLink : public std::enable_shared_from_this<ReplicaLink> {
   uint64_t next_handle_ = 1;
   std::mutex batch_mu_;
   std::map<Reactor*, std::vector<Pending*>> batches_;  // queued, not sent yet
-  std::atomic<bool> reader_started_{false};
-  std::condition_variable watchdog_cv_;  // with mu_
-  std::thread watchdog_;
+  std::thread receiver_;
   std::once_flag close_once_;
 };
 
