@@ -19,7 +19,8 @@ constexpr uint64_t kExtent = DirtyMap::kExtentBytes;
 constexpr uint64_t kCopyExtentsMax = 16;  // one copy request: at most 1 MiB
 constexpr size_t kCopyPipeline = 16;      // copy requests in flight per resync
 constexpr uint64_t kTrimExtentsMax = link::kRangeMaxBytes / kExtent;  // one TRIM: 1 GiB
-constexpr size_t kCheckpointExtents = 256;  // 16 MiB copied: flush the replica, persist
+constexpr size_t kCheckpointExtents = 1024;  // 64 MiB copied: flush the replica, persist
+constexpr auto kCheckpointInterval = std::chrono::seconds(1);  // ... or a second passed
 using Clock = std::chrono::steady_clock;
 
 struct AlignedBuffer {
@@ -558,6 +559,7 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
   uint64_t pass_copied = 0;
   Status st = ok();
   std::vector<uint64_t> done;  // copied this pass, cleared after the replica's FLUSH
+  auto last_checkpoint = Clock::now();
   for (;;) {
     // Up to kCopyPipeline runs of dirty extents are copied at once: distinct extents, each
     // run under its own stripes (runs that share a stripe simply take turns).
@@ -578,12 +580,18 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
       while (e && batch.size() < pipeline) {
         // A run of dirty extents: up to 1 MiB where there is data, up to 1 GiB of hole
         // (one TRIM) where the local copy holds nothing.
+        // The map is asked about 1 MiB first (its cost grows with the range asked), and
+        // about up to 1 GiB only when that much is a hole.
         uint64_t limit = kCopyExtentsMax;
         const uint64_t at = *e * kExtent;
-        auto head = local_->allocation(at, std::min(kTrimExtentsMax * kExtent, size_bytes() - at), 1);
-        if (head && !head.value().empty() && !head.value()[0].allocated)
-          limit = std::max<uint64_t>(1, head.value()[0].length_bytes / kExtent);
-        limit = std::min(limit, kTrimExtentsMax);
+        const uint64_t probe = std::min(kCopyExtentsMax * kExtent, size_bytes() - at);
+        auto head = local_->allocation(at, probe, 1);
+        if (head && !head.value().empty() && !head.value()[0].allocated &&
+            head.value()[0].length_bytes >= probe) {
+          auto hole = local_->allocation(at, std::min(kTrimExtentsMax * kExtent, size_bytes() - at), 1);
+          if (hole && !hole.value().empty() && !hole.value()[0].allocated)
+            limit = std::clamp<uint64_t>(hole.value()[0].length_bytes / kExtent, 1, kTrimExtentsMax);
+        }
         uint64_t count = 1;
         while (count < limit && *e + count < peer->dirty->extents() &&
                peer->dirty->test(*e + count)) {
@@ -594,10 +602,13 @@ Task<Status> ReplicatedVolume::resync(const std::string& node, uint64_t rate_byt
       }
       st = co_await when_all(std::move(batch));
       if (!st) break;
-      // Progress survives a restart of either side every kCheckpointExtents.
-      if (done.size() >= kCheckpointExtents) {
+      // Progress survives a restart of either side: checkpointed every kCheckpointExtents
+      // or every kCheckpointInterval, whichever comes first.
+      if (done.size() >= kCheckpointExtents ||
+          (!done.empty() && Clock::now() - last_checkpoint >= kCheckpointInterval)) {
         st = co_await checkpoint(*peer, &done);
         if (!st) break;
+        last_checkpoint = Clock::now();
       }
       // The rate bound (read per batch: a change applies at once): the batch's bytes are
       // due that long after it started; wait in slices, so that a fenced or stopping

@@ -368,7 +368,7 @@ class ReplicationTest(ClusterTestCase):
         text = primary.cairn("volume", "info", name, json=False).stdout
         self.assertRegex(text, rf"replica {replica.node_id}: +resyncing \d+% .*/s, ETA")
         # The replica restarts mid-resync: out again, then the resync goes on from what was
-        # checkpointed (every 16 MiB).
+        # checkpointed (every second at this rate).
         replica.kill9()
         replica.start()
 
