@@ -50,12 +50,16 @@ inline std::string url(uint16_t port) { return "http://127.0.0.1:" + std::to_str
 // restart it on the same ports with the same data (leases and keys survive, as in etcd).
 class EtcdServer {
  public:
-  explicit EtcdServer(const std::string& dir)
-      : dir_(dir),
-        log_path_(dir + "/etcd.log"),
-        endpoint_(url(unused_port())),
-        peer_(url(unused_port())) {
-    start();
+  // A port picked free may be taken by another process before etcd binds it: the first
+  // start tries fresh ports a few times (restarts keep theirs).
+  explicit EtcdServer(const std::string& dir) : dir_(dir), log_path_(dir + "/etcd.log") {
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      ::unlink(log_path_.c_str());
+      endpoint_ = url(unused_port());
+      peer_ = url(unused_port());
+      start();
+      if (error_.find("address already in use") == std::string::npos) return;
+    }
   }
   ~EtcdServer() { stop(); }
   EtcdServer(const EtcdServer&) = delete;
@@ -149,8 +153,8 @@ class EtcdServer {
 
   const std::string dir_;
   const std::string log_path_;
-  const std::string endpoint_;
-  const std::string peer_;
+  std::string endpoint_;
+  std::string peer_;
   pid_t pid_ = 0;
   std::string error_;
 };
