@@ -207,6 +207,7 @@ int main(int argc, char** argv) {
     if (!snap) return snap.error();
     return ok();
   };
+  rs_opts.delete_volume = [s](const std::string& volume) { return s->delete_volume(volume, true); };
   rs_opts.delete_snapshot = [s](const std::string& volume, const std::string& snapshot) {
     return s->delete_snapshot(volume, snapshot);
   };
@@ -256,8 +257,8 @@ int main(int argc, char** argv) {
     cv.state_dir = data_dir + "/replication/dirty";
     cv.open_local = open_local;
     cv.delete_local = [s](const std::string& name) { return s->delete_volume(name, true); };
-    cv.admit_epoch = [&replica_server](const std::string& name, uint64_t epoch) {
-      return replica_server.admit_epoch(name, epoch);
+    cv.admit_epoch = [&replica_server](const std::string& name, uint64_t epoch, uint32_t inc) {
+      return replica_server.admit_epoch(name, epoch, inc);
     };
     cv.forget_epoch = [&replica_server](const std::string& name) { replica_server.forget_epoch(name); };
     auto started = ClusterVolumes::start(cv);

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -86,6 +87,10 @@ class ClusterVolumes::Impl {
     if (!nodes) return fail(nodes.error(), "cannot list nodes: " + nodes.error().message(), why);
     CAIRN_TRY(placed, place_replicas(nodes.value(), replicas, size, self_, why));
     ClusterVolume v = new_volume(name, size, placed, ::time(nullptr));
+    std::random_device rd;
+    uint32_t incarnation = 0;
+    while (incarnation == 0) incarnation = rd();
+    v.set_incarnation(incarnation);
     auto created = registry_.create(v);
     if (!created) {
       if (created.error() == Errc::already_exists)
@@ -412,6 +417,7 @@ class ClusterVolumes::Impl {
     lo.volume = v.name();
     lo.size_bytes = v.size_bytes();
     lo.epoch = v.epoch();
+    lo.incarnation = v.incarnation();
     lo.connect_timeout = o_.connect_timeout;
     lo.op_timeout = o_.op_timeout;
     return lo;
@@ -421,16 +427,17 @@ class ClusterVolumes::Impl {
   void activate(VersionedVolume vv, const std::map<std::string, std::string>& addr) {
     const ClusterVolume& v = vv.volume;
     const std::string& name = v.name();
+    // The fence first: it also drops a copy kept for a deleted volume of this name.
+    if (Status st = o_.admit_epoch(name, v.epoch(), v.incarnation()); !st) {
+      CAIRN_LOG_WARN(kLog, "volume %s: epoch %llu not admitted here (%s): not serving", name.c_str(),
+                     static_cast<unsigned long long>(v.epoch()), st.error().message().c_str());
+      return;
+    }
     bool local_created = false;
     auto local = o_.open_local(name, v.size_bytes(), &local_created);
     if (!local) {
       CAIRN_LOG_ERROR(kLog, "volume %s: cannot open the local copy: %s", name.c_str(),
                       local.error().message().c_str());
-      return;
-    }
-    if (Status st = o_.admit_epoch(name, v.epoch()); !st) {
-      CAIRN_LOG_WARN(kLog, "volume %s: epoch %llu is stale here: not serving", name.c_str(),
-                     static_cast<unsigned long long>(v.epoch()));
       return;
     }
     ClusterVolume next = v;

@@ -124,12 +124,20 @@ Result<std::unique_ptr<EpochFence>> EpochFence::open(const std::string& dir) {
                       text.error().message().c_str());
       return text.error();
     }
-    auto epoch = parse_epoch(text.value());
-    if (!epoch) {
+    // "EPOCH" or "EPOCH INCARNATION".
+    std::string_view body = text.value();
+    std::optional<uint64_t> incarnation = 0;
+    if (auto sp = body.find(' '); sp != std::string_view::npos) {
+      incarnation = parse_epoch(body.substr(sp + 1));
+      body = body.substr(0, sp);
+    }
+    auto epoch = parse_epoch(body);
+    if (!epoch || !incarnation || *incarnation > UINT32_MAX) {
       CAIRN_LOG_ERROR(kLog, "epoch fence file %s does not hold an epoch", full.c_str());
       return Errc::corrupt;
     }
     fence->epochs_[*name] = *epoch;
+    if (*incarnation != 0) fence->incarnations_[*name] = static_cast<uint32_t>(*incarnation);
   }
   if (ec) {
     CAIRN_LOG_ERROR(kLog, "cannot list %s: %s", dir.c_str(), ec.message().c_str());
@@ -142,18 +150,25 @@ std::string EpochFence::path(const std::string& volume) const {
   return dir_ + "/" + escape(volume) + std::string(kSuffix);
 }
 
-Status EpochFence::admit(const std::string& volume, uint64_t epoch) {
+Status EpochFence::admit(const std::string& volume, uint64_t epoch, uint32_t incarnation) {
   if (volume.empty()) return Errc::invalid_argument;
   std::lock_guard lk(mu_);
+  auto inc = incarnations_.find(volume);
+  const uint32_t stored_inc = inc == incarnations_.end() ? 0 : inc->second;
+  if (incarnation != 0 && stored_inc != 0 && incarnation != stored_inc) return Errc::busy;
+  if (incarnation == 0) incarnation = stored_inc;
   auto it = epochs_.find(volume);
   if (it != epochs_.end()) {
     if (epoch < it->second) return Errc::permission_denied;
-    if (epoch == it->second) return ok();
+    if (epoch == it->second && incarnation == stored_inc) return ok();
   }
   if (escape(volume).size() + kTmpSuffix.size() > kFileNameMaxBytes)
     return Errc::invalid_argument;  // the name cannot be a file name here
   const std::string file = path(volume);
-  Status st = write_file_atomic(file, std::to_string(epoch) + "\n");
+  const std::string body = incarnation == 0
+                               ? std::to_string(epoch) + "\n"
+                               : std::to_string(epoch) + " " + std::to_string(incarnation) + "\n";
+  Status st = write_file_atomic(file, body);
   if (!st) {
     CAIRN_LOG_ERROR(kLog, "cannot persist epoch %llu of volume %s in %s: %s",
                     static_cast<unsigned long long>(epoch), volume.c_str(), file.c_str(),
@@ -161,7 +176,14 @@ Status EpochFence::admit(const std::string& volume, uint64_t epoch) {
     return Errc::io_error;
   }
   epochs_[volume] = epoch;
+  if (incarnation != 0) incarnations_[volume] = incarnation;
   return ok();
+}
+
+uint32_t EpochFence::incarnation(const std::string& volume) const {
+  std::lock_guard lk(mu_);
+  auto it = incarnations_.find(volume);
+  return it == incarnations_.end() ? 0 : it->second;
 }
 
 bool EpochFence::current(const std::string& volume, uint64_t epoch) const {
@@ -187,6 +209,7 @@ Status EpochFence::forget(const std::string& volume) {
     return errno_code(err);
   }
   epochs_.erase(it);
+  incarnations_.erase(volume);
   return ok();
 }
 

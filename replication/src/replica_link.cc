@@ -133,6 +133,7 @@ Result<std::shared_ptr<ReplicaLink>> ReplicaLink::connect(const Options& options
   hello.type = link::Type::hello;
   hello.epoch = options.epoch;
   hello.offset = options.size_bytes;
+  hello.length = options.incarnation;
   hello.data_length = static_cast<uint32_t>(options.volume.size());
   uint8_t header[link::kRequestHeaderBytes];
   link::encode(hello, header);

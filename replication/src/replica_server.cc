@@ -122,6 +122,18 @@ struct Server {
   explicit Server(ReplicaServer::Options o) : options(std::move(o)) {}
 
   Task<void> accept_loop();
+  // Deletes this node's copy of `name` and its fence record: they belong to a deleted
+  // volume that had the same name.
+  Status drop_stale_copy(const std::string& name) {
+    CAIRN_LOG_WARN(kLog, "volume %s: this node's copy belongs to a deleted volume of that name: "
+                   "deleting it", name.c_str());
+    if (options.delete_volume) {
+      Status st = options.delete_volume(name);
+      if (!st && st.error() != Errc::not_found) return st;
+    }
+    return fence->forget(name);
+  }
+
   // False (the caller closes fd) when stopping or at connections_max.
   bool register_connection(int fd) {
     std::lock_guard lk(mu);
@@ -326,6 +338,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     uint64_t value = 0;
     EpochFence& fence = *srv_.fence;
     const auto epoch = static_cast<unsigned long long>(req.epoch);
+    // A copy (and fence) of a deleted volume that had this name: not this volume's.
+    const uint32_t incarnation = req.length;
+    if (incarnation != 0 && fence.incarnation(name) != 0 && fence.incarnation(name) != incarnation) {
+      Status dropped = srv_.drop_stale_copy(name);
+      if (!dropped) {
+        push(req.handle, reply_errno(dropped.error()), 0);
+        co_return true;
+      }
+    }
     if (!fence.current(name, req.epoch)) {
       // Checked before opening, so a stale primary cannot even create the copy.
       CAIRN_LOG_WARN(kLog, "volume %s: HELLO with epoch %llu refused, %llu admitted",
@@ -339,7 +360,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
                        vol.error().message().c_str());
         err = reply_errno(vol.error());
       } else {
-        Status admitted = fence.admit(name, req.epoch);
+        Status admitted = fence.admit(name, req.epoch, incarnation);
         if (!admitted) {
           err = admitted.error() == Errc::permission_denied ? ESTALE
                                                             : reply_errno(admitted.error());
@@ -613,9 +634,14 @@ uint64_t ReplicaServer::epoch(const std::string& volume) const {
   return impl_->fence ? impl_->fence->epoch(volume) : 0;
 }
 
-Status ReplicaServer::admit_epoch(const std::string& volume, uint64_t epoch) {
+Status ReplicaServer::admit_epoch(const std::string& volume, uint64_t epoch,
+                                  uint32_t incarnation) {
   if (!impl_->fence) return Errc::unavailable;
-  return impl_->fence->admit(volume, epoch);
+  if (incarnation != 0 && impl_->fence->incarnation(volume) != 0 &&
+      impl_->fence->incarnation(volume) != incarnation) {
+    CAIRN_TRY(impl_->drop_stale_copy(volume));
+  }
+  return impl_->fence->admit(volume, epoch, incarnation);
 }
 
 void ReplicaServer::forget_epoch(const std::string& volume) {

@@ -398,6 +398,25 @@ class ReplicationTest(ClusterTestCase):
         finally:
             harness.nbd_close(h)
 
+    def test_09_a_name_reused_after_delete_gets_fresh_copies(self):
+        name, size = "vreuse", 16 * MiB
+        self.create(name, size)
+        h = self.connect(name)
+        h.pwrite(pattern("old incarnation", 1 * MiB), 0)
+        h.flush()
+        harness.nbd_close(h)
+        n3 = self.node("node3")
+        n3.kill9()  # misses the deletion: it keeps its copy and its fence
+        self.nodes[0].cairn("volume", "delete", name, json=False)
+        n3.start()
+        c = self.create(name, size)
+        self.assertEqual(int(c["epoch"]), 1)
+        self.wait_all_in_sync(name)
+        # The new volume reads as zeros; node3's old copy was not taken for it (the final
+        # comparison reads node3's own copy).
+        self.assertEqual(harness.nbd_read_all(self.primary(name).tcp_uri(name), 1 * MiB),
+                         bytes(1 * MiB))
+
     def test_99_every_copy_of_every_volume_is_identical(self):
         for name in self.volumes:
             self.wait_all_in_sync(name)

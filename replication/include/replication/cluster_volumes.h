@@ -47,8 +47,9 @@ class ClusterVolumes {
         open_local;
     // Deletes this node's copy (the record was deleted); not_found is fine.
     std::function<Status(const std::string& name)> delete_local;
-    // Raises this node's fence for `name` (the ReplicaServer's EpochFence) to `epoch`.
-    std::function<Status(const std::string& name, uint64_t epoch)> admit_epoch;
+    // Raises this node's fence for `name` (the ReplicaServer's EpochFence) to `epoch`,
+    // first deleting a copy kept for another `incarnation` of the name.
+    std::function<Status(const std::string& name, uint64_t epoch, uint32_t incarnation)> admit_epoch;
     std::function<void(const std::string& name)> forget_epoch;
     std::chrono::milliseconds poll_interval{1000};
     std::chrono::milliseconds op_timeout{5000};       // a replica's answer

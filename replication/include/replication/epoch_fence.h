@@ -26,13 +26,18 @@ class EpochFence {
 
   // Admits `epoch` for `volume`: ok when epoch >= the highest admitted (raising and
   // persisting it when higher); Errc::permission_denied (stale) when older; io_error when
-  // it could not be persisted (nothing admitted).
-  Status admit(const std::string& volume, uint64_t epoch);
+  // it could not be persisted (nothing admitted). `incarnation` (0 = unknown) names the
+  // volume's record (a volume deleted and created again under the same name gets a new
+  // one): it is stored with the epoch, and one different from the stored one is refused
+  // with Errc::busy (the copy here belongs to a deleted volume: forget() it and its copy).
+  Status admit(const std::string& volume, uint64_t epoch, uint32_t incarnation = 0);
+  // The incarnation stored for `volume`; 0 when none.
+  uint32_t incarnation(const std::string& volume) const;
   // Whether a request carrying `epoch` may still act on `volume` (epoch >= highest).
   bool current(const std::string& volume, uint64_t epoch) const;
   // The highest epoch admitted for `volume`; 0 when none.
   uint64_t epoch(const std::string& volume) const;
-  // Drops the volume's record (its copy was deleted).
+  // Drops the volume's epoch and incarnation (its copy was deleted).
   Status forget(const std::string& volume);
 
  private:
@@ -41,6 +46,7 @@ class EpochFence {
   const std::string dir_;
   mutable std::mutex mu_;
   std::map<std::string, uint64_t> epochs_;
+  std::map<std::string, uint32_t> incarnations_;
 };
 
 }  // namespace cairn::replication

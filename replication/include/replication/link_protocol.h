@@ -9,7 +9,9 @@
 //     u32 magic 0x43524c52 ("CRLR")   u32 error (0 or an errno)   u64 handle   u64 value
 //
 // The first request of a connection is HELLO: payload = the volume name, offset = the
-// volume's size, epoch = the sender's epoch. The replica opens its copy of the volume
+// volume's size, epoch = the sender's epoch, length = the volume's incarnation (0 =
+// unknown): a copy kept for another incarnation (a deleted volume of the same name) is
+// deleted and created anew. The replica opens its copy of the volume
 // (creating it when absent, growing it when smaller) and admits the epoch (persisting it
 // when higher than any seen); reply value bit 0 (kHelloCreated) says the copy was created
 // now, i.e. holds nothing (the primary must rebuild it in full). Every later request carries

@@ -41,6 +41,7 @@ class ReplicaLink : public std::enable_shared_from_this<ReplicaLink> {
     std::string volume;
     uint64_t size_bytes = 0;
     uint64_t epoch = 0;
+    uint32_t incarnation = 0;  // the volume record's (0 = unknown)
     std::chrono::milliseconds connect_timeout{1000};
     std::chrono::milliseconds op_timeout{5000};
   };

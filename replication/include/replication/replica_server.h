@@ -37,6 +37,9 @@ class ReplicaServer {
         open_volume;
     // Snapshots this node's copy (SNAPSHOT request). Null: SNAPSHOT answers EOPNOTSUPP.
     std::function<Status(const std::string& volume, const std::string& snapshot)> snapshot;
+    // Deletes this node's copy of a volume (it belongs to a deleted volume of the same
+    // name, see HELLO's incarnation); not_found is fine.
+    std::function<Status(const std::string& volume)> delete_volume;
     // Deletes a snapshot of this node's copy (SNAPSHOT_DELETE); not_found is an error the
     // primary tolerates. Null: EOPNOTSUPP.
     std::function<Status(const std::string& volume, const std::string& snapshot)> delete_snapshot;
@@ -58,9 +61,10 @@ class ReplicaServer {
   // The highest epoch admitted for `volume` (0 when none).
   uint64_t epoch(const std::string& volume) const;
   // This node's own use of the fence: a node about to serve `volume` as primary at `epoch`
-  // admits it here first, so that an older primary can no longer write to this copy.
+  // admits it here first, so that an older primary can no longer write to this copy. A
+  // copy kept for another `incarnation` is deleted first (call before opening the copy).
   // Errors: those of EpochFence::admit; unavailable before start().
-  Status admit_epoch(const std::string& volume, uint64_t epoch);
+  Status admit_epoch(const std::string& volume, uint64_t epoch, uint32_t incarnation = 0);
   // Drops the volume's fence record (its copy was deleted).
   void forget_epoch(const std::string& volume);
 

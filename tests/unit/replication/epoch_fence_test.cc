@@ -139,5 +139,28 @@ TEST(EpochFence, AnyVolumeNameStaysOneFileInsideTheDirectory) {
   for (const auto& n : names) EXPECT_EQ(fence->epoch(n), e++) << n;
 }
 
+TEST(EpochFenceIncarnation, AnotherIncarnationOfTheNameIsRefusedUntilForgotten) {
+  cairn::test::TempDir dir;
+  {
+    auto fence = EpochFence::open(dir.path());
+    ASSERT_TRUE(fence);
+    ASSERT_TRUE(fence.value()->admit("vol", 3, 77));
+    EXPECT_EQ(fence.value()->incarnation("vol"), 77u);
+    EXPECT_TRUE(fence.value()->admit("vol", 3));      // unknown incarnation: the stored one
+    EXPECT_TRUE(fence.value()->admit("vol", 4, 77));
+    auto other = fence.value()->admit("vol", 1, 99);  // a new volume of the same name
+    ASSERT_FALSE(other);
+    EXPECT_EQ(other.error(), make_error_code(Errc::busy));
+    EXPECT_EQ(fence.value()->epoch("vol"), 4u);
+  }
+  auto fence = EpochFence::open(dir.path());  // both survive a restart
+  ASSERT_TRUE(fence);
+  EXPECT_EQ(fence.value()->epoch("vol"), 4u);
+  EXPECT_EQ(fence.value()->incarnation("vol"), 77u);
+  ASSERT_TRUE(fence.value()->forget("vol"));
+  EXPECT_TRUE(fence.value()->admit("vol", 1, 99));
+  EXPECT_EQ(fence.value()->incarnation("vol"), 99u);
+}
+
 }  // namespace
 }  // namespace cairn::replication
