@@ -23,6 +23,7 @@ import threading
 import time
 
 import harness
+import s3harness
 from clusterharness import ClusterTestCase, copies_digests
 from harness import MiB, log, run, wait_for
 
@@ -338,6 +339,25 @@ class ReplicationTest(ClusterTestCase):
         self.assertNotEqual(harness.nbd_read_all(primary.tcp_uri(name), size),
                             harness.nbd_read_all(primary.tcp_uri(f"{name}@s1"), size),
                             "writes after the snapshot are missing from the volume")
+        # A backup reads any in-sync replica: taken on a node that is not the primary, from
+        # its own copy, and restored there, it holds the snapshot's bytes.
+        objectd = s3harness.Objectd(label="repl-objectd")
+        try:
+            objectd.start()
+            s3 = ["--s3-endpoint", objectd.endpoint, "--access-key", objectd.access_key,
+                  "--secret-key", objectd.secret_key]
+            other.cairn("backup", "init", "--repo", "s3://replbk/repo", *s3)
+            job = other.cairn("backup", "create", f"{name}@s1", "--repo", "s3://replbk/repo", *s3)
+            self.assertEqual(job["state"], "done", job)
+            job = other.cairn("backup", "restore", job["result"]["backupId"], f"{name}-restored",
+                              "--repo", "s3://replbk/repo", *s3)
+            self.assertEqual(job["state"], "done", job)
+            restored = harness.nbd_read_all(other.tcp_uri(f"{name}-restored"), size)
+            self.assertEqual(hashlib.sha256(restored).hexdigest(), digests[primary.node_id],
+                             "a backup taken on a replica differs from the snapshot")
+            objectd.stop()
+        finally:
+            objectd.cleanup()
         # Deleting it deletes it everywhere.
         status, body = primary.http("DELETE", f"/v1/volumes/{name}/snapshots/s1")
         self.assertEqual(status, 204, body)
