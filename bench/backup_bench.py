@@ -30,7 +30,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -43,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import base_facts, cmd_output, splice  # noqa: E402
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,14 +79,6 @@ def csv_of(allowed):
             raise argparse.ArgumentTypeError(f"bad list {text!r}; choose from {', '.join(allowed)}")
         return items
     return parse
-
-
-def cmd_output(argv):
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        return (p.stdout or p.stderr).strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 def tool(argv, timeout_s=3600, env=None, check=True):
@@ -975,17 +968,7 @@ def s3rver_version(s3rver_dir):
 
 
 def machine_facts(args, bench):
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    facts = {"nproc": os.cpu_count(), "CPU": cpu, "RAM": f"{mem_kib / (1 << 20):.0f} GiB",
-             "kernel": platform.release(),
-             "loadavg at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    facts = {**base_facts(),
              "restic": cmd_output(["restic", "version"]).split(" compiled")[0].replace("restic ", ""),
              "zstd": cmd_output(["zstd", "--version"]).split(",")[0].replace("*** ", ""),
              "openssl": cmd_output(["openssl", "version"]),
@@ -993,21 +976,6 @@ def machine_facts(args, bench):
              "node": cmd_output(["node", "--version"]),
              "binaries": args.build_dir}
     return facts
-
-
-def splice(doc_path, section):
-    text = open(doc_path).read() if os.path.exists(doc_path) else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{section.rstrip()}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Backups (blockd -> S3)\n\n" + \
-            "Regenerate with `bench/backup_bench.py` (see bench/README.md, \"Backups\"); the " \
-            "section between the markers below is replaced by the run, the same report is " \
-            "kept in `bench/results/backup-latest.md`.\n\n" + block + "\n"
-    with open(doc_path, "w") as f:
-        f.write(text)
 
 
 def main():
@@ -1100,7 +1068,11 @@ def main():
                    "problems": bench.problems}, f, indent=1)
     log(f"wrote {args.out}")
     if args.splice:
-        splice(args.splice, text)
+        splice(args.splice, text, MARK_BEGIN, MARK_END,
+               "## Backups (blockd -> S3)\n\nRegenerate with `bench/backup_bench.py` (see "
+               "bench/README.md, \"Backups\"); the section between the markers below is "
+               "replaced by the run, the same report is kept in "
+               "`bench/results/backup-latest.md`.")
         log(f"updated {args.splice} between {MARK_BEGIN} and {MARK_END}")
     sys.stdout.write(text)
     return 1 if bench.problems else 0

@@ -13,7 +13,6 @@ import datetime
 import json
 import mmap
 import os
-import platform
 import re
 import resource
 import shlex
@@ -25,10 +24,11 @@ import sys
 import tempfile
 import time
 
+from benchlib import base_facts, cmd_output, fs_type, proc_cpu_s, splice, tail, wait_until  # noqa: E402,F401
+
 SERVERS_ALL = ("blockd", "nbdkit", "qemu-nbd", "raw")
 FS_ALL = ("disk", "tmpfs")
 EXPORT_NAME = "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARK_BEGIN = "<!-- nbd-bench:begin -->"
 MARK_END = "<!-- nbd-bench:end -->"
 
@@ -107,32 +107,6 @@ def csv_list(allowed):
     return parse
 
 
-def cmd_output(argv):
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
-def proc_cpu_s(pid):
-    """utime+stime of a whole process (all threads, dead ones included; io_uring's iou-wrk
-    and sqpoll threads belong to the process and are counted too)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def fs_type(path):
-    best, kind = "", "?"
-    with open("/proc/mounts") as f:
-        for line in f:
-            dev, mnt, typ = line.split()[:3]
-            mnt = mnt.replace("\\040", " ")
-            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                best, kind = mnt, f"{typ} on {dev} ({mnt})"
-    return kind
-
-
 def o_direct_works(directory):
     """True if a 4 KiB aligned O_DIRECT write succeeds in directory."""
     path = os.path.join(directory, ".odirect-probe")
@@ -169,25 +143,6 @@ def fsync_tree(path):
             pass
         finally:
             os.close(fd)
-
-
-def wait_until(pred, timeout_s, what, proc=None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with status {proc.returncode}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{what}: not ready after {timeout_s} s")
-
-
-def tail(path, lines=15):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------- servers
@@ -600,37 +555,12 @@ def report(args, machine, fs_runs, problems, cases):
 
 
 def machine_facts(args):
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
     return {
-        "nproc": os.cpu_count(),
-        "CPU": cpu,
-        "RAM": f"{mem_kib / (1 << 20):.0f} GiB",
-        "kernel": platform.release(),
-        "loadavg at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        **base_facts(),
         "fio": cmd_output(["fio", "--version"]),
         "nbdkit": cmd_output(["nbdkit", "--version"]).replace("nbdkit ", ""),
         "qemu-nbd": (cmd_output(["qemu-nbd", "--version"]).splitlines() or ["?"])[0].replace("qemu-nbd ", ""),
     }
-
-
-def splice(doc_path, section):
-    """Replace the text between the nbd-bench markers in doc_path (append them if absent)."""
-    text = open(doc_path).read() if os.path.exists(doc_path) else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{section.rstrip()}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    with open(doc_path, "w") as f:
-        f.write(text)
 
 
 def main():
@@ -684,7 +614,7 @@ def main():
     else:
         sys.stdout.write(text)
     if args.splice:
-        splice(args.splice, text)
+        splice(args.splice, text, MARK_BEGIN, MARK_END)
         log(f"updated {args.splice} between {MARK_BEGIN} and {MARK_END}")
     if args.json:
         dump = [{"fs": info, "results": {f"{c}/{s}": r for (c, s), r in results.items()}}

@@ -44,6 +44,8 @@ import tempfile
 import time
 import traceback
 
+from benchlib import splice  # noqa: E402
+
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -905,25 +907,6 @@ def disk_cache_facts(fs_desc):
     return "?"
 
 
-def splice(doc_path, section):
-    """Puts section between the replication-bench markers of doc_path; appends a
-    "## Replication" section holding the markers if they are missing."""
-    text = open(doc_path).read() if os.path.exists(doc_path) else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{section.rstrip()}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Replication\n\n" + \
-            "Replicated volumes on etcd + 3 blockd nodes: 3 replicas vs 1, resync vs full\n" \
-            "rebuild, failover, with the bounds of the same machine. Regenerate with\n" \
-            "`/usr/bin/python3 bench/replication_bench.py --update-docs` (see bench/README.md,\n" \
-            "\"Replication\"); the section between the markers below is replaced by the run,\n" \
-            "the same report is kept in `bench/results/replication-latest.md`.\n\n" + block + "\n"
-    with open(doc_path, "w") as f:
-        f.write(text)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build-dir", default=os.environ.get("CAIRN_BUILD_DIR") or os.path.join(ROOT, "build"),
@@ -1082,7 +1065,13 @@ def main():
     log(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.json")
     sys.stdout.write(text)
     if args.update_docs:
-        splice(DOC, text)
+        splice(DOC, text, MARK_BEGIN, MARK_END,
+               "## Replication\n\nReplicated volumes on etcd + 3 blockd nodes: 3 replicas vs "
+               "1, resync vs full rebuild, failover, with the bounds of the same machine. "
+               "Regenerate with `/usr/bin/python3 bench/replication_bench.py --update-docs` "
+               "(see bench/README.md, \"Replication\"); the section between the markers below "
+               "is replaced by the run, the same report is kept in "
+               "`bench/results/replication-latest.md`.")
         log(f"updated {DOC} between {MARK_BEGIN} and {MARK_END}")
     return 1 if res["problems"] else 0
 

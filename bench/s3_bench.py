@@ -32,8 +32,10 @@ import tempfile
 import time
 import urllib.parse
 
+from benchlib import (base_facts, cmd_output, free_port, fs_type, proc_cpu_s, splice,  # noqa: E402,F401
+                      tail, wait_until)
+
 SERVERS_ALL = ("objectd", "s3rver")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARK_BEGIN = "<!-- s3-bench:begin -->"
 MARK_END = "<!-- s3-bench:end -->"
 REGION = "us-east-1"
@@ -74,59 +76,6 @@ def csv_of(parse_one, allowed=None):
                 f"bad list {text!r}" + (f"; choose from {', '.join(allowed)}" if allowed else ""))
         return [parse_one(x) for x in items]
     return parse
-
-
-def cmd_output(argv):
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
-def proc_cpu_s(pid):
-    """utime+stime of a whole process (all threads, exited ones included)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except OSError:
-        return None
-
-
-def fs_type(path):
-    best, kind = "", "?"
-    with open("/proc/mounts") as f:
-        for line in f:
-            dev, mnt, typ = line.split()[:3]
-            mnt = mnt.replace("\\040", " ")
-            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                best, kind = mnt, f"{typ} on {dev} ({mnt})"
-    return kind
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(pred, timeout_s, what, proc=None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with status {proc.returncode}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{what}: not ready after {timeout_s} s")
-
-
-def tail(path, lines=15):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def percentile(sorted_vals, q):
@@ -659,33 +608,10 @@ def report(args, machine, ceilings, servers, results, cases, problems):
 
 
 def machine_facts(args, servers_versions):
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    facts = {"nproc": os.cpu_count(), "CPU": cpu, "RAM": f"{mem_kib / (1 << 20):.0f} GiB",
-             "kernel": platform.release(),
-             "loadavg at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    facts = {**base_facts(),
              "python": platform.python_version(), "node": cmd_output(["node", "--version"])}
     facts.update(servers_versions)
     return facts
-
-
-def splice(doc_path, section):
-    """Replace the text between the s3-bench markers in doc_path (append them if absent)."""
-    text = open(doc_path).read() if os.path.exists(doc_path) else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{section.rstrip()}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    with open(doc_path, "w") as f:
-        f.write(text)
 
 
 def main():
@@ -761,7 +687,7 @@ def main():
     else:
         sys.stdout.write(text)
     if args.splice:
-        splice(args.splice, text)
+        splice(args.splice, text, MARK_BEGIN, MARK_END)
         log(f"updated {args.splice} between {MARK_BEGIN} and {MARK_END}")
     if args.json:
         with open(args.json, "w") as f:

@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import splice  # noqa: E402
+
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -661,19 +663,6 @@ def disk_cache_facts(fs_desc):
     return "?"
 
 
-def splice(doc_path, section):
-    """Puts section between the snapshot-bench markers of doc_path (appended if absent)."""
-    text = open(doc_path).read() if os.path.exists(doc_path) else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{section.rstrip()}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    with open(doc_path, "w") as f:
-        f.write(text)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build-dir", default=os.path.join(ROOT, "build"),
@@ -761,7 +750,7 @@ def main():
     log(f"wrote {args.out} and its .json")
     sys.stdout.write(text)
     if args.splice:
-        splice(args.splice, text)
+        splice(args.splice, text, MARK_BEGIN, MARK_END)
         log(f"updated {args.splice} between {MARK_BEGIN} and {MARK_END}")
     return 1 if res["problems"] else 0
 
