@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 
 import harness
-from harness import READY_TIMEOUT_S, STOP_TIMEOUT_S, _tail, free_port, log, spawn
+from harness import READY_TIMEOUT_S, STOP_TIMEOUT_S, _tail, free_port, log, spawn, wait_for
 
 ETCD = os.environ.get("CAIRN_ETCD_BIN") or "/usr/bin/etcd"
 NODES_PREFIX = "/cairn/nodes/"
@@ -343,3 +343,127 @@ class ClusterTestCase(unittest.TestCase):
 
     def node(self, node_id):
         return next(n for n in self.nodes if n.node_id == node_id)
+
+
+# ---- replicated volumes
+
+BLOCK = 4096
+STATE_WAIT_S = 120  # bounded waits on states (leases of 3 s, a reconcile every second)
+
+
+def pattern(tag, size=BLOCK):
+    return harness.pattern_block(tag, size)
+
+
+class DurableWriter:
+    """Writes 4 KiB blocks through an NBD handle on a thread until stopped or until the
+    server fails it: write i goes to block first + (i * stride) % blocks, every
+    `fua_every`-th write with FUA (0: none), a FLUSH after every `flush_every` writes. For
+    every block it records the values written, in order, and how many of them a completed
+    FLUSH or a FUA made durable: the block may then read as the newest durable value or as
+    anything written after it, never as something older."""
+
+    def __init__(self, h, tag, blocks, first=0, stride=1, fua_every=0, flush_every=8):
+        self.h, self.tag, self.blocks, self.first, self.stride = h, tag, blocks, first, stride
+        self.fua_every, self.flush_every = fua_every, flush_every
+        self.history, self.durable, self.errors = {}, {}, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        i = 0
+        try:
+            while not self._stop.is_set():
+                off = (self.first + i * self.stride % self.blocks) * BLOCK
+                data = pattern(f"{self.tag}{i}")
+                fua = self.fua_every and i % self.fua_every == 0
+                if fua:
+                    self.h.pwrite(data, off, harness.nbd.CMD_FLAG_FUA)
+                else:
+                    self.h.pwrite(data, off)
+                self.history.setdefault(off, []).append(data)
+                if fua:
+                    self.durable[off] = len(self.history[off])
+                if i % self.flush_every == self.flush_every - 1:
+                    written = {k: len(v) for k, v in self.history.items()}
+                    self.h.flush()
+                    self.durable.update(written)
+                i += 1
+        except Exception as e:  # the server failed the client
+            self.errors.append(e)
+
+    def join(self, timeout_s):
+        """Waits for the writer to end by itself (its server failed it); True if it did."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def stop(self, timeout_s=60):
+        self._stop.set()
+        return self.join(timeout_s)
+
+    def check(self, tc, h, what="acknowledged write"):
+        """Every durable write reads back through handle h (a value at least as new)."""
+        for off, n in sorted(self.durable.items()):
+            tc.assertIn(bytes(h.pread(BLOCK, off)), self.history[off][n - 1:],
+                        f"{what} at {off} lost")
+        return len(self.durable)
+
+
+class ReplicatedVolumesTestCase(ClusterTestCase):
+    """ClusterTestCase with replicated volumes: create() records every volume and its copy
+    count, the helpers read their records, and assert_copies_identical() reads every
+    node's own copy in single-node mode (the nodes are restarted after)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.volumes, cls.copies = {}, {}  # name -> size, name -> replicas
+        super().setUpClass()
+
+    def info_nodes(self):
+        """Nodes asked for records, in order."""
+        return [n for n in self.nodes if n.proc is not None]
+
+    def create(self, name, size, replicas=3, via=None):
+        via = via or self.nodes[0]
+        out = via.cairn("volume", "create", name, "--size", str(size), "--replicas", str(replicas))
+        self.volumes[name] = size
+        self.copies[name] = replicas
+        self.assertEqual(out["cluster"]["primary"], via.node_id)  # the node asked has room
+        return out["cluster"]
+
+    def info(self, name, via=None):
+        for n in ([via] if via else self.info_nodes()):
+            try:
+                status, body = n.http("GET", f"/v1/volumes/{name}", timeout=10)
+            except OSError:
+                continue
+            if status == 200:
+                return body["cluster"]
+        return None
+
+    def states(self, name, via=None):
+        c = self.info(name, via)
+        return {r["node"]: r["state"] for r in c["replicas"]} if c else {}
+
+    def wait_state(self, name, node_id, state, via=None):
+        return wait_for(lambda: self.states(name, via).get(node_id) == state, STATE_WAIT_S,
+                        f"{name}: replica {node_id} to be {state}", interval_s=0.2)
+
+    def wait_all_in_sync(self, name):
+        wait_for(lambda: set(self.states(name).values()) == {"in_sync"}, STATE_WAIT_S,
+                 f"{name}: every replica in sync", interval_s=0.2)
+
+    def assert_copies_identical(self):
+        for name in self.volumes:
+            self.wait_all_in_sync(name)
+        digests = copies_digests(self.nodes, self.volumes)
+        for name, by_node in digests.items():
+            self.assertEqual(len(by_node), self.copies[name], f"{name}: copies on {sorted(by_node)}")
+            self.assertEqual(len(set(by_node.values())), 1, f"{name}: copies differ: {by_node}")
+            log(f"{name}: {len(by_node)} identical copies ({next(iter(by_node.values()))[:16]})")
+        for n in self.nodes:
+            n.start()

@@ -24,58 +24,17 @@ import time
 
 import harness
 import s3harness
-from clusterharness import ClusterTestCase, copies_digests
+from clusterharness import (BLOCK, STATE_WAIT_S, DurableWriter, ReplicatedVolumesTestCase,
+                            pattern)
 from harness import MiB, log, run, wait_for
 
-nbd = harness.import_nbd()
 
-STATE_WAIT_S = 120
-BLOCK = 4096
 EXTENT = 64 * 1024
 LINK_MAGIC, LINK_REPLY_MAGIC, LINK_HELLO = 0x43524C4B, 0x43524C52, 1
 
 
-def pattern(tag, size=BLOCK):
-    return hashlib.sha256(tag.encode()).digest() * (size // 32)
-
-
-class ReplicationTest(ClusterTestCase):
-    volumes = {}  # name -> size, checked for identical copies at the end
-    copies = {}   # name -> replicas
-
+class ReplicationTest(ReplicatedVolumesTestCase):
     # ---- helpers
-    def up(self):
-        return [n for n in self.nodes if n.proc is not None]
-
-    def create(self, name, size, replicas=3, via=None):
-        via = via or self.nodes[0]
-        out = via.cairn("volume", "create", name, "--size", str(size), "--replicas", str(replicas))
-        self.volumes[name] = size
-        self.copies[name] = replicas
-        return out["cluster"]
-
-    def info(self, name, via=None):
-        for n in ([via] if via else self.up()):
-            try:
-                status, body = n.http("GET", f"/v1/volumes/{name}", timeout=10)
-            except OSError:
-                continue
-            if status == 200:
-                return body["cluster"]
-        return None
-
-    def states(self, name, via=None):
-        c = self.info(name, via)
-        return {r["node"]: r["state"] for r in c["replicas"]} if c else {}
-
-    def wait_state(self, name, node_id, state, via=None):
-        return wait_for(lambda: self.states(name, via).get(node_id) == state, STATE_WAIT_S,
-                        f"{name}: replica {node_id} to be {state}", interval_s=0.2)
-
-    def wait_all_in_sync(self, name):
-        wait_for(lambda: set(self.states(name).values()) == {"in_sync"}, STATE_WAIT_S,
-                 f"{name}: every replica in sync", interval_s=0.2)
-
     def wait_served(self, name, not_by=None):
         """The record once its primary (asked itself) serves the volume."""
         def served():
@@ -207,44 +166,13 @@ class ReplicationTest(ClusterTestCase):
         old = self.info("vfail")
         self.assertEqual(old["primary"], "node2")
         h = self.connect("vfail")
-        durable = {}      # offset -> pattern acknowledged before a completed flush or with FUA
-        pending = {}      # acknowledged, not yet flushed
-        stop = threading.Event()
-        errors = []
-
-        def writer():
-            i = 0
-            try:
-                while not stop.is_set():
-                    off = (i * 7 % (size // BLOCK)) * BLOCK
-                    data = pattern(f"w{i}")
-                    if i % 5 == 0:
-                        h.pwrite(data, off, nbd.CMD_FLAG_FUA)
-                        durable[off] = data
-                        pending.pop(off, None)
-                    else:
-                        h.pwrite(data, off)
-                        pending[off] = data
-                    if i % 8 == 7:
-                        snapshot = dict(pending)
-                        h.flush()
-                        durable.update(snapshot)
-                        for k in snapshot:
-                            if pending.get(k) is snapshot[k]:
-                                del pending[k]
-                    i += 1
-            except Exception as e:  # the primary died under the client
-                errors.append(e)
-
-        t = threading.Thread(target=writer)
-        t.start()
-        wait_for(lambda: len(durable) >= 200, STATE_WAIT_S, "writes before the kill", interval_s=0.05)
+        writer = DurableWriter(h, "w", size // BLOCK, stride=7, fua_every=5).start()
+        wait_for(lambda: len(writer.durable) >= 200, STATE_WAIT_S, "writes before the kill",
+                 interval_s=0.05)
         killed = self.node("node2")
         killed.kill9()
         killed_at = time.monotonic()
-        t.join(60)
-        stop.set()
-        self.assertFalse(t.is_alive())
+        self.assertTrue(writer.join(60), "the client kept writing after its server died")
         harness.nbd_close(h)
         c = self.wait_served("vfail", not_by="node2")
         uri = self.node(c["primary"]).tcp_uri("vfail")
@@ -256,12 +184,10 @@ class ReplicationTest(ClusterTestCase):
         # Every durable write reads back from the new primary.
         h = harness.nbd_connect(uri)
         try:
-            for off, data in sorted(durable.items()):
-                got = h.pread(BLOCK, off)
-                self.assertEqual(got, data, f"acknowledged write at {off} lost in the failover")
+            n = writer.check(self, h, "acknowledged write lost in the failover:")
         finally:
             harness.nbd_close(h)
-        log(f"{len(durable)} durable writes read back after failover")
+        log(f"{n} durable writes read back after failover")
         # The killed node comes back as a replica: resynced in full, and fenced.
         killed.start()
         self.wait_state("vfail", "node2", "in_sync")
@@ -438,16 +364,8 @@ class ReplicationTest(ClusterTestCase):
                          bytes(1 * MiB))
 
     def test_99_every_copy_of_every_volume_is_identical(self):
-        for name in self.volumes:
-            self.wait_all_in_sync(name)
         # Independent check: each node's data dir opened in single-node mode.
-        digests = copies_digests(self.nodes, self.volumes)
-        for name, by_node in digests.items():
-            self.assertEqual(len(by_node), self.copies[name], f"{name}: copies on {sorted(by_node)}")
-            self.assertEqual(len(set(by_node.values())), 1, f"{name}: copies differ: {by_node}")
-            log(f"{name}: {len(by_node)} identical copies ({next(iter(by_node.values()))[:16]})")
-        for n in self.nodes:
-            n.start()
+        self.assert_copies_identical()
 
 
 if __name__ == "__main__":

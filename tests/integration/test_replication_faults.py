@@ -14,26 +14,16 @@ A seeded loop of random faults under a writer ends it (2 rounds; CAIRN_SOAK=1: 1
 with CAIRN_SEED). Waits are on states, bounded; no test asserts how long anything took.
 """
 
-import hashlib
 import threading
 import time
 
 import harness
-from clusterharness import ClusterNode, ClusterTestCase, TcpProxy, copies_digests
+from clusterharness import (BLOCK, STATE_WAIT_S, ClusterNode, DurableWriter,
+                            ReplicatedVolumesTestCase, TcpProxy, pattern)
 from harness import MiB, free_port, log, run, wait_for
 
-nbd = harness.import_nbd()
 
-STATE_WAIT_S = 120
-BLOCK = 4096
-
-
-def pattern(tag, size=BLOCK):
-    return hashlib.sha256(tag.encode()).digest() * (size // 32)
-
-
-class ReplicationFaultsTest(ClusterTestCase):
-    volumes = {}
+class ReplicationFaultsTest(ReplicatedVolumesTestCase):
 
     @classmethod
     def make_nodes(cls):
@@ -49,29 +39,9 @@ class ReplicationFaultsTest(ClusterTestCase):
         ]
 
     # ---- helpers
-    def create(self, name, size, via):
-        out = via.cairn("volume", "create", name, "--size", str(size), "--replicas", "3")
-        self.volumes[name] = size
-        self.assertEqual(out["cluster"]["primary"], via.node_id)
-        return out["cluster"]
-
-    def info(self, name, via=None):
-        for n in ([via] if via else [self.node("node2"), self.node("node3"), self.node("node1")]):
-            try:
-                status, body = n.http("GET", f"/v1/volumes/{name}", timeout=10)
-            except OSError:
-                continue
-            if status == 200:
-                return body["cluster"]
-        return None
-
-    def states(self, name):
-        c = self.info(name)
-        return {r["node"]: r["state"] for r in c["replicas"]} if c else {}
-
-    def wait_state(self, name, node_id, state):
-        wait_for(lambda: self.states(name).get(node_id) == state, STATE_WAIT_S,
-                 f"{name}: replica {node_id} to be {state}", interval_s=0.2)
+    def info_nodes(self):
+        # node1 may be cut off from etcd: ask the others first.
+        return [self.node("node2"), self.node("node3"), self.node("node1")]
 
     def write_blocks(self, h, tag, first, count, flush=True):
         for i in range(count):
@@ -86,7 +56,7 @@ class ReplicationFaultsTest(ClusterTestCase):
 
     # ---- tests (in name order)
     def test_1_a_delayed_link_slows_writes_but_loses_nothing(self):
-        self.create("vdelay", 32 * MiB, self.node("node1"))
+        self.create("vdelay", 32 * MiB, via=self.node("node1"))
         h = harness.nbd_connect(self.node("node1").tcp_uri("vdelay"))
         try:
             self.rep_proxy.set_mode("delay", 0.02)
@@ -99,7 +69,7 @@ class ReplicationFaultsTest(ClusterTestCase):
             harness.nbd_close(h)
 
     def test_2_a_dropped_link_marks_the_replica_out_then_it_is_resynced(self):
-        self.create("vdrop", 32 * MiB, self.node("node1"))
+        self.create("vdrop", 32 * MiB, via=self.node("node1"))
         h = harness.nbd_connect(self.node("node1").tcp_uri("vdrop"))
         try:
             self.write_blocks(h, "before", 0, 50)
@@ -118,7 +88,7 @@ class ReplicationFaultsTest(ClusterTestCase):
             harness.nbd_close(h)
 
     def test_3_cut_connections_under_a_writer_fail_no_write(self):
-        self.create("vcut", 32 * MiB, self.node("node1"))
+        self.create("vcut", 32 * MiB, via=self.node("node1"))
         h = harness.nbd_connect(self.node("node1").tcp_uri("vcut"))
         stop = threading.Event()
         errors, done = [], []
@@ -152,37 +122,16 @@ class ReplicationFaultsTest(ClusterTestCase):
 
     def test_4_a_partitioned_primary_stops_and_another_node_takes_over(self):
         name, size = "vpart", 32 * MiB
-        self.create(name, size, self.node("node1"))
+        self.create(name, size, via=self.node("node1"))
         old = self.node("node1")
         h = harness.nbd_connect(old.tcp_uri(name))
-        # Per block: every value written in order, and how many of them a completed FLUSH
-        # covered. A block may read as the newest durable value or anything written later.
-        history, durable, errors = {}, {}, []
-        stop = threading.Event()
-
-        def writer():  # blocks 0..1023; region 2048.. is the new primary's
-            i = 0
-            try:
-                while not stop.is_set():
-                    off = (i % 1024) * BLOCK
-                    data = pattern(f"p{i}")
-                    h.pwrite(data, off)
-                    history.setdefault(off, []).append(data)
-                    if i % 8 == 7:
-                        written = {k: len(v) for k, v in history.items()}
-                        h.flush()
-                        durable.update(written)
-                    i += 1
-            except Exception as e:
-                errors.append(e)
-
-        t = threading.Thread(target=writer)
-        t.start()
-        wait_for(lambda: len(durable) >= 100, STATE_WAIT_S, "writes before the partition")
+        # Blocks 0..1023; from block 2048 on is the new primary's.
+        writer = DurableWriter(h, "p", 1024).start()
+        wait_for(lambda: len(writer.durable) >= 100, STATE_WAIT_S, "writes before the partition")
         self.etcd_proxy.set_mode("blackhole")
         partitioned_at = time.monotonic()
         try:
-            self.partitioned(name, old, h, t, stop, errors, history, durable, partitioned_at)
+            self.partitioned(name, old, h, writer, partitioned_at)
         finally:
             self.etcd_proxy.set_mode("pass")
             self.etcd_proxy.cut()
@@ -190,8 +139,7 @@ class ReplicationFaultsTest(ClusterTestCase):
         self.wait_state(name, "node1", "in_sync")
         self.assertNotEqual(self.info(name)["primary"], "node1")
 
-    def partitioned(self, name, old, h, t, stop, errors, history, durable, partitioned_at):
-
+    def partitioned(self, name, old, h, writer, partitioned_at):
         def taken_over():
             c = self.info(name, self.node("node2"))
             return c if c and c["primary"] != "node1" else None
@@ -201,10 +149,8 @@ class ReplicationFaultsTest(ClusterTestCase):
                  "the new primary to serve")
         log(f"partition: {new.node_id} serves {name} (epoch {c['epoch']}) "
             f"{time.monotonic() - partitioned_at:.2f} s after node1 lost etcd")
-        t.join(60)
-        stop.set()
-        self.assertFalse(t.is_alive(), "node1's client still writes after the takeover")
-        self.assertTrue(errors, "node1 kept acknowledging writes after losing its lease")
+        self.assertTrue(writer.join(60), "node1's client still writes after the takeover")
+        self.assertTrue(writer.errors, "node1 kept acknowledging writes after losing its lease")
         # The old primary serves nothing; whatever its client still sends does not land.
         p = run(["qemu-img", "info", old.tcp_uri(name)], check=False)
         self.assertNotEqual(p.returncode, 0, "the partitioned node still serves the volume")
@@ -216,10 +162,8 @@ class ReplicationFaultsTest(ClusterTestCase):
                 h.flush()
             harness.nbd_close(h)
             self.check_blocks(h2, "new", 2048, 64)
-            for off, n in sorted(durable.items()):
-                got = bytes(h2.pread(BLOCK, off))
-                self.assertIn(got, history[off][n - 1:], f"acknowledged write at {off} lost")
-            log(f"{len(durable)} writes node1 acknowledged read back from {new.node_id}")
+            n = writer.check(self, h2)
+            log(f"{n} writes node1 acknowledged read back from {new.node_id}")
         finally:
             harness.nbd_close(h2)
 
@@ -230,29 +174,9 @@ class ReplicationFaultsTest(ClusterTestCase):
         rng, seed = harness.seeded_rng("replication-faults")
         rounds = 12 if harness.SOAK else 2
         name, size = "vsoak", 32 * MiB
-        self.create(name, size, self.node("node2"))
+        self.create(name, size, via=self.node("node2"))
         h = harness.nbd_connect(self.node("node2").tcp_uri(name))
-        history, durable, errors = {}, {}, []
-        stop = threading.Event()
-
-        def writer():
-            i = 0
-            try:
-                while not stop.is_set():
-                    off = (i * 7 % (size // BLOCK)) * BLOCK
-                    data = pattern(f"soak{seed}-{i}")
-                    h.pwrite(data, off)
-                    history.setdefault(off, []).append(data)
-                    if i % 8 == 7:
-                        written = {k: len(v) for k, v in history.items()}
-                        h.flush()
-                        durable.update(written)
-                    i += 1
-            except Exception as e:
-                errors.append(e)
-
-        t = threading.Thread(target=writer)
-        t.start()
+        writer = DurableWriter(h, f"soak{seed}-", size // BLOCK, stride=7).start()
         n3 = self.node("node3")
         try:
             for r in range(rounds):
@@ -272,25 +196,14 @@ class ReplicationFaultsTest(ClusterTestCase):
                 self.wait_state(name, "node3", "in_sync")
         finally:
             self.rep_proxy.set_mode("pass")
-            stop.set()
-            t.join(60)
-        self.assertEqual(errors, [], f"a write failed under replica faults (seed {seed})")
+            writer.stop()
+        self.assertEqual(writer.errors, [], f"a write failed under replica faults (seed {seed})")
         h.flush()
-        for off, n in sorted(durable.items()):
-            self.assertIn(bytes(h.pread(BLOCK, off)), history[off][n - 1:],
-                          f"acknowledged write at {off} lost (seed {seed})")
+        writer.check(self, h, f"acknowledged write (seed {seed})")
         harness.nbd_close(h)
 
     def test_9_every_copy_of_every_volume_is_identical(self):
-        for name in self.volumes:
-            wait_for(lambda: set(self.states(name).values()) == {"in_sync"}, STATE_WAIT_S,
-                     f"{name}: every replica in sync", interval_s=0.2)
-        digests = copies_digests(self.nodes, self.volumes)
-        for name, by_node in digests.items():
-            self.assertEqual(len(set(by_node.values())), 1, f"{name}: copies differ: {by_node}")
-            log(f"{name}: 3 identical copies")
-        for n in self.nodes:
-            n.start()
+        self.assert_copies_identical()
 
 
 if __name__ == "__main__":
