@@ -23,6 +23,7 @@
 #include "common/assert.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/socket_io.h"
 #include "nbd_protocol.h"
 
 namespace cairn::blockd {
@@ -32,7 +33,6 @@ using namespace nbd;
 namespace {
 
 constexpr const char* kLog = "nbd";
-constexpr size_t kReadBufferBytes = 64 * 1024;
 constexpr uint32_t kInflightMax = 128;
 constexpr uint64_t kInflightBytesMax = 64ull << 20;
 constexpr unsigned kOptionsMax = 256;   // options per handshake before we give up on a client
@@ -188,31 +188,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   // ---- socket helpers ----
-  Task<bool> read_exact(void* dst, size_t n) {
-    auto* out = static_cast<uint8_t*>(dst);
-    while (n > 0) {
-      if (rpos_ < rend_) {
-        size_t k = std::min(n, rend_ - rpos_);
-        memcpy(out, rbuf_.get() + rpos_, k);
-        rpos_ += k;
-        out += k;
-        n -= k;
-        continue;
-      }
-      if (n >= kReadBufferBytes / 2) {
-        int res = co_await r_.recv(fd_, out, n, 0);
-        if (res <= 0) co_return false;
-        out += res;
-        n -= static_cast<size_t>(res);
-        continue;
-      }
-      int res = co_await r_.recv(fd_, rbuf_.get(), kReadBufferBytes, 0);
-      if (res <= 0) co_return false;
-      rpos_ = 0;
-      rend_ = static_cast<size_t>(res);
-    }
-    co_return true;
-  }
+  Task<bool> read_exact(void* dst, size_t n) { return reader_.read_exact(dst, n); }
 
   Task<bool> skip(uint64_t n) {
     uint8_t scratch[4096];
@@ -224,16 +200,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     co_return true;
   }
 
-  Task<bool> send_all(const void* p, size_t n) {
-    auto* in = static_cast<const uint8_t*>(p);
-    while (n > 0) {
-      int res = co_await r_.send(fd_, in, n);
-      if (res <= 0) co_return false;
-      in += res;
-      n -= static_cast<size_t>(res);
-    }
-    co_return true;
-  }
+  Task<bool> send_all(const void* p, size_t n) { return cairn::send_all(r_, fd_, p, n); }
 
   // ---- handshake ----
   Task<bool> opt_reply(uint32_t opt, uint32_t type, std::string_view data = {}) {
@@ -813,8 +780,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   NbdServer::Impl& srv_;
   Reactor& r_;
   int fd_;
-  std::unique_ptr<uint8_t[]> rbuf_{new uint8_t[kReadBufferBytes]};
-  size_t rpos_ = 0, rend_ = 0;
+  SocketReader reader_{r_, fd_};
   bool structured_ = false;
   std::vector<std::string> contexts_;  // selected metadata contexts; id = index + 1
   std::string meta_export_;

@@ -25,6 +25,7 @@
 #include "common/assert.h"
 #include "common/log.h"
 #include "common/reactor.h"
+#include "common/socket_io.h"
 #include "common/task.h"
 #include "replication/epoch_fence.h"
 #include "replication/link_protocol.h"
@@ -35,7 +36,6 @@ namespace {
 
 constexpr const char* kLog = "replication";
 constexpr unsigned kRingEntries = 256;
-constexpr size_t kReadBufferBytes = 64 * 1024;
 // Payload bytes held by the requests of one connection at once (one request of up to
 // link::kDataMaxBytes is always admitted when nothing else is held).
 constexpr uint64_t kInflightBytesMax = 64ull << 20;
@@ -186,42 +186,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   // ---- socket helpers ----
-  Task<bool> read_exact(void* dst, size_t n) {
-    auto* out = static_cast<uint8_t*>(dst);
-    while (n > 0) {
-      if (rpos_ < rend_) {
-        size_t k = std::min(n, rend_ - rpos_);
-        memcpy(out, rbuf_.get() + rpos_, k);
-        rpos_ += k;
-        out += k;
-        n -= k;
-        continue;
-      }
-      if (n >= kReadBufferBytes / 2) {
-        int res = co_await r_.recv(fd_, out, n, 0);
-        if (res <= 0) co_return false;
-        out += res;
-        n -= static_cast<size_t>(res);
-        continue;
-      }
-      int res = co_await r_.recv(fd_, rbuf_.get(), kReadBufferBytes, 0);
-      if (res <= 0) co_return false;
-      rpos_ = 0;
-      rend_ = static_cast<size_t>(res);
-    }
-    co_return true;
-  }
+  Task<bool> read_exact(void* dst, size_t n) { return reader_.read_exact(dst, n); }
 
-  Task<bool> send_all(const void* p, size_t n) {
-    auto* in = static_cast<const uint8_t*>(p);
-    while (n > 0) {
-      int res = co_await r_.send(fd_, in, n);
-      if (res <= 0) co_return false;
-      in += res;
-      n -= static_cast<size_t>(res);
-    }
-    co_return true;
-  }
+  Task<bool> send_all(const void* p, size_t n) { return cairn::send_all(r_, fd_, p, n); }
 
   // ---- limits ----
   // inflight_ counts requests from admission until their reply was handed to the socket, so
@@ -496,19 +463,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Task<void> linger() {
     if (dead_) co_return;
     ::shutdown(fd_, SHUT_WR);
-    uint64_t dropped = 0;
-    while (dropped < kDiscardMaxBytes) {
-      int res = co_await r_.recv(fd_, rbuf_.get(), kReadBufferBytes, 0);
-      if (res <= 0) break;
-      dropped += static_cast<uint64_t>(res);
-    }
+    co_await reader_.drain(kDiscardMaxBytes);
   }
 
   Server& srv_;
   Reactor& r_;
   const int fd_;
-  std::unique_ptr<uint8_t[]> rbuf_{new uint8_t[kReadBufferBytes]};
-  size_t rpos_ = 0, rend_ = 0;
+  SocketReader reader_{r_, fd_};
   // Set by a successful HELLO; the connection then acts only on this volume and epoch.
   bool hello_ = false;
   std::string volume_name_;
