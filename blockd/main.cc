@@ -261,6 +261,7 @@ int main(int argc, char** argv) {
       return replica_server.admit_epoch(name, epoch, inc);
     };
     cv.forget_epoch = [&replica_server](const std::string& name) { replica_server.forget_epoch(name); };
+    cv.fenced_epoch = [&replica_server](const std::string& name) { return replica_server.epoch(name); };
     auto started = ClusterVolumes::start(cv);
     if (!started) {
       fprintf(stderr, "blockd: error: cannot start replicated volumes: %s\n",

@@ -427,6 +427,26 @@ class ClusterVolumes::Impl {
   void activate(VersionedVolume vv, const std::map<std::string, std::string>& addr) {
     const ClusterVolume& v = vv.volume;
     const std::string& name = v.name();
+    // A new epoch begins here (a takeover or an attach; not this node serving its own
+    // epoch again after a restart): the old primary may have died or been fenced between
+    // sending a write to one replica and to another, so the in-sync replicas may differ
+    // where writes were in flight, which no one here recorded. This copy becomes the
+    // reference and every other replica is resynced in full (allocated extents copied,
+    // holes trimmed).
+    // The full dirty maps are written before the epoch is admitted, so a retry of this
+    // activation (after a failed CAS, say) still finds them.
+    if (v.epoch() > 1 && o_.fenced_epoch(name) < v.epoch()) {
+      for (const auto& r : v.replicas()) {
+        if (r.node() == self_) continue;
+        auto d = DirtyMap::open(dirty_path(name, r.node()), v.size_bytes());
+        Status st = d ? d.value()->mark_all() : Status(d.error());
+        if (!st) {
+          CAIRN_LOG_ERROR(kLog, "volume %s: dirty map of %s: %s", name.c_str(), r.node().c_str(),
+                          st.error().message().c_str());
+          return;
+        }
+      }
+    }
     // The fence first: it also drops a copy kept for a deleted volume of this name.
     if (Status st = o_.admit_epoch(name, v.epoch(), v.incarnation()); !st) {
       CAIRN_LOG_WARN(kLog, "volume %s: epoch %llu not admitted here (%s): not serving", name.c_str(),
@@ -479,8 +499,8 @@ class ClusterVolumes::Impl {
                           d.error().message().c_str());
           return;
         }
-        // In sync when we took over: it misses only what is written from now on. Anything
-        // else without a record of ours: rebuild it in full.
+        // In sync under this epoch but unreachable now: it misses only what is written from
+        // now on. Anything else without a record of ours: rebuild it in full.
         const bool full = created || (!had_dirty && r.state() != kInSync);
         if (full) {
           if (Status st = d.value()->mark_all(); !st) return;
@@ -624,7 +644,8 @@ class ClusterVolumes::Impl {
 };
 
 Result<std::unique_ptr<ClusterVolumes>> ClusterVolumes::start(Options options) {
-  if (!options.member || !options.open_local || !options.admit_epoch || options.state_dir.empty())
+  if (!options.member || !options.open_local || !options.admit_epoch || !options.fenced_epoch ||
+      options.state_dir.empty())
     return Errc::invalid_argument;
   std::error_code ec;
   fs::create_directories(options.state_dir, ec);

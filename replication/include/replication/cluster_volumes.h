@@ -6,7 +6,9 @@
 //   - primary == this node, not served yet: activates it. Opens the local copy, raises the
 //     local fence to the record's epoch, connects to each in-sync replica (HELLO with the
 //     epoch: this fences out any older primary), records unreachable ones out (CAS), then
-//     serves it as a ReplicatedVolume.
+//     serves it as a ReplicatedVolume. When the epoch is new here (takeover, attach), the
+//     other replicas are resynced in full: writes in flight at the change may have reached
+//     some of them only.
 //   - served here but the record names another primary or a newer epoch, or this node lost
 //     its lease: fences and drops it (NBD clients get errors; new ones are told the
 //     primary).
@@ -51,6 +53,8 @@ class ClusterVolumes {
     // first deleting a copy kept for another `incarnation` of the name.
     std::function<Status(const std::string& name, uint64_t epoch, uint32_t incarnation)> admit_epoch;
     std::function<void(const std::string& name)> forget_epoch;
+    // The highest epoch this node's fence admitted for `name` (0 when none).
+    std::function<uint64_t(const std::string& name)> fenced_epoch;
     std::chrono::milliseconds poll_interval{1000};
     std::chrono::milliseconds op_timeout{5000};       // a replica's answer
     std::chrono::milliseconds connect_timeout{1000};  // a replica's connect + HELLO
